@@ -160,8 +160,6 @@ def add_unipt_config(cfg: CN) -> CN:
     _C.SOLVER.WARMUP_RATIO = 0.1
     # Seed of every random generator (data order, init, masking); < 0 = random.
     _C.SEED = 0
-    # Save a checkpoint every N iterations as well (0 = only fast-reid's per-epoch checkpoints).
-    _C.SOLVER.CHECKPOINT_ITERS = 0
 
     # ------------------------------------------------------------------ evaluation
     _C.TEST.T2I = CN()

@@ -1,0 +1,48 @@
+"""fast-reid's Checkpointer with safe loading and a clear verdict on foreign weight files."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastreid.utils.checkpoint import Checkpointer
+
+from ..utils.io import load_weights_file
+
+logger = logging.getLogger(__name__)
+
+
+class UniPTCheckpointer(Checkpointer):
+    """Loads checkpoints without executing pickled code and refuses files that match nothing.
+
+    * ``_load_file`` goes through :func:`unipt_plugin.utils.load_weights_file`
+      (``weights_only=True`` or safetensors); a bare state dict (no ``"model"`` key) is accepted
+      as the model's weights.
+    * ``_load_model`` logs how many of the model's tensors were matched and raises a
+      ``ValueError`` naming the file when none was: a weights file for another architecture must
+      not silently leave the model at its random initialisation.
+    """
+
+    def _load_file(self, f: str) -> dict:
+        self._current_file = f
+        checkpoint = dict(load_weights_file(f))
+        if "model" not in checkpoint:
+            checkpoint = {"model": checkpoint}
+        return checkpoint
+
+    def _load_model(self, checkpoint: Any):
+        state = checkpoint["model"]
+        model_state = self.model.state_dict()
+        stripped = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+        matched = [k for k, v in stripped.items()
+                   if k in model_state and hasattr(v, "shape") and tuple(v.shape) == tuple(model_state[k].shape)]
+        source = getattr(self, "_current_file", "<checkpoint>")
+        if not matched:
+            raise ValueError(
+                f"{source}: none of its {len(stripped)} tensors matches the model "
+                f"({len(model_state)} tensors; e.g. checkpoint key {next(iter(stripped), None)!r} vs "
+                f"model key {next(iter(model_state), None)!r}). It was made for another architecture: "
+                f"check MODEL.META_ARCHITECTURE / MODEL.BACKBONE.NAME / MODEL.VISUAL.ARCH, or load "
+                f"encoder weights through MODEL.VISUAL.WEIGHTS / MODEL.TEXT.WEIGHTS instead."
+            )
+        logger.info("Matched %d of the model's %d tensors in %s", len(matched), len(model_state), source)
+        return super()._load_model(checkpoint)

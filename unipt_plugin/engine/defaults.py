@@ -1,0 +1,49 @@
+"""Building the run's config from a file and command-line overrides, shared by every tool."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Sequence
+
+import torch
+from fastreid.config import CfgNode
+
+from ..config import get_unipt_cfg
+
+logger = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the file, key and value."""
+
+
+def setup_cfg(config_file: str = "", opts: Sequence[str] = (), freeze: bool = True) -> CfgNode:
+    """fast-reid's config + the UniPT keys, merged with ``config_file`` (``_BASE_`` chains
+    allowed) and ``opts`` (``KEY VALUE`` pairs), with device-dependent fixes applied:
+
+    * ``MODEL.DEVICE`` "cuda" on a machine without CUDA falls back to "cpu" with a warning;
+    * ``SOLVER.AMP.ENABLED`` is switched off on the CPU (fast-reid's AMP trainer needs CUDA).
+    """
+    cfg = get_unipt_cfg()
+    if config_file:
+        if not os.path.isfile(config_file):
+            raise ConfigError(f"config file not found: {config_file}")
+        try:
+            cfg.merge_from_file(config_file)
+        except (KeyError, ValueError, TypeError, AssertionError) as e:
+            raise ConfigError(f"{config_file}: {e}. Every key is listed with its default in "
+                              f"unipt_plugin/config/defaults.py (and fast-reid's config).") from e
+    if opts:
+        try:
+            cfg.merge_from_list(list(opts))
+        except (KeyError, ValueError, TypeError, AssertionError) as e:
+            raise ConfigError(f"command-line override {list(opts)}: {e}") from e
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("MODEL.DEVICE=%s but CUDA is not available: running on the CPU", cfg.MODEL.DEVICE)
+        cfg.MODEL.DEVICE = "cpu"
+    if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
+        logger.warning("SOLVER.AMP.ENABLED needs CUDA: training in fp32 on the CPU")
+        cfg.SOLVER.AMP.ENABLED = False
+    if freeze:
+        cfg.freeze()
+    return cfg

@@ -1,0 +1,60 @@
+"""``UniPTTrainer``: fast-reid's DefaultTrainer with the plugin's builders.
+
+Only the seams that must change are overridden: the text-image loaders, the text-to-image
+evaluator, the per-module optimiser groups, the per-iteration scheduler and a checkpointer
+that loads safely. Training loop, hooks, logging, checkpoint periods, evaluation period,
+``--resume`` and DistributedDataParallel all stay fast-reid's.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastreid.engine import DefaultTrainer, hooks
+
+from ..data import build_t2i_test_loader, build_t2i_train_loader
+from ..evaluation import TextToImageEvaluator
+from ..solver import build_unipt_lr_scheduler, build_unipt_optimizer
+from .checkpoint import UniPTCheckpointer
+from .hooks import IterLRScheduler
+
+logger = logging.getLogger(__name__)
+
+
+class UniPTTrainer(DefaultTrainer):
+    """Trains ``UniPTPretrain`` (pre-training) or ``UniPTT2I`` (fine-tuning) from a config."""
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        logger.info("Prepare training set")
+        return build_t2i_train_loader(cfg)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name: str):
+        return build_t2i_test_loader(cfg, dataset_name)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name: str, output_dir: str | None = None):
+        data_loader, num_query = cls.build_test_loader(cfg, dataset_name)
+        return data_loader, TextToImageEvaluator(cfg, num_query, output_dir)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_unipt_optimizer(cfg, model)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer, iters_per_epoch: int) -> dict[str, Any]:
+        return build_unipt_lr_scheduler(cfg, optimizer, iters_per_epoch)
+
+    def build_hooks(self) -> list:
+        # DefaultTrainer.__init__ builds its Checkpointer just before calling build_hooks; swap in
+        # the safe one here so that every hook and resume_or_load use it.
+        old = self.checkpointer
+        self.checkpointer = UniPTCheckpointer(
+            old.model, old.save_dir, save_to_disk=old.save_to_disk, **old.checkpointables
+        )
+        ret = super().build_hooks()
+        if "iter_sched" in self.scheduler:
+            ret = [IterLRScheduler(self.optimizer, self.scheduler["iter_sched"])
+                   if isinstance(h, hooks.LRScheduler) else h for h in ret]
+        return ret
