@@ -14,20 +14,14 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import unipt_plugin  # noqa: E402,F401  (compat shims + registration, before fastreid)
-from fastreid.engine import default_argument_parser, default_setup, launch  # noqa: E402
-from fastreid.utils import comm  # noqa: E402
-from fastreid.utils.env import seed_all_rng  # noqa: E402
+from fastreid.engine import default_argument_parser, launch  # noqa: E402
 
-from unipt_plugin.engine import UniPTCheckpointer, UniPTTrainer, setup_cfg  # noqa: E402
+from unipt_plugin.engine import UniPTCheckpointer, UniPTTrainer, default_setup, setup_cfg  # noqa: E402
 
 
 def setup(args):
-    cfg = setup_cfg(args.config_file, args.opts, freeze=False)
-    cfg.freeze()
+    cfg = setup_cfg(args.config_file, args.opts)
     default_setup(cfg, args)
-    # default_setup seeds every generator randomly; the config's seed wins (per process).
-    if cfg.SEED >= 0:
-        seed_all_rng(cfg.SEED + comm.get_rank())
     return cfg
 
 

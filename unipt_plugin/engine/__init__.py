@@ -1,5 +1,5 @@
 from .checkpoint import UniPTCheckpointer
-from .defaults import setup_cfg
+from .defaults import ConfigError, default_setup, setup_cfg
 from .trainer import UniPTTrainer
 
-__all__ = ["UniPTCheckpointer", "UniPTTrainer", "setup_cfg"]
+__all__ = ["ConfigError", "UniPTCheckpointer", "UniPTTrainer", "default_setup", "setup_cfg"]

@@ -47,3 +47,18 @@ def setup_cfg(config_file: str = "", opts: Sequence[str] = (), freeze: bool = Tr
     if freeze:
         cfg.freeze()
     return cfg
+
+
+def default_setup(cfg: CfgNode, args) -> None:
+    """fast-reid's ``default_setup`` (output folder, logs, config dump), plus the plugin's logger
+    writing to the same console and ``log.txt``, and every generator seeded with ``cfg.SEED``
+    (offset by the process rank) when it is >= 0 (fast-reid seeds randomly)."""
+    from fastreid.engine import default_setup as fastreid_default_setup
+    from fastreid.utils import comm
+    from fastreid.utils.env import seed_all_rng
+    from fastreid.utils.logger import setup_logger
+
+    fastreid_default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="unipt_plugin")
+    if cfg.SEED >= 0:
+        seed_all_rng(cfg.SEED + comm.get_rank())

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import logging
 
+from fastreid.engine import hooks
 from fastreid.engine.hooks import HookBase
+from fastreid.utils.events import CommonMetricPrinter, get_event_storage
 
 logger = logging.getLogger(__name__)
 
@@ -27,3 +29,27 @@ class IterLRScheduler(HookBase):
         lr = self._optimizer.param_groups[self._group]["lr"]
         self.trainer.storage.put_scalar("lr", lr, smoothing_hint=False)
         self._scheduler.step()
+
+
+class PeriodicCheckpointer(hooks.PeriodicCheckpointer):
+    """fast-reid's per-epoch checkpointer, also usable by runs without a test set
+    (pre-training), for which fast-reid's version reads ``cfg.DATASETS.TESTS[0]`` and fails."""
+
+    def before_train(self) -> None:
+        if self.trainer.cfg.DATASETS.TESTS:
+            super().before_train()
+        else:
+            self.max_epoch = self.trainer.max_epoch
+            self.metric_name = "metric"
+
+
+class MetricPrinter(CommonMetricPrinter):
+    """fast-reid's console printer, made safe for runs shorter than its timer's warm-up: when
+    it is asked to write twice at the same iteration before any iteration time is known
+    (end of step, then end of epoch), fast-reid's ETA estimate divides by zero."""
+
+    def write(self) -> None:
+        try:
+            super().write()
+        except ZeroDivisionError:
+            logger.debug("metric printer: nothing new at iteration %d", get_event_storage().iter)

@@ -8,15 +8,17 @@ that loads safely. Training loop, hooks, logging, checkpoint periods, evaluation
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from typing import Any
 
 from fastreid.engine import DefaultTrainer, hooks
+from fastreid.utils.events import CommonMetricPrinter
 
 from ..data import build_t2i_test_loader, build_t2i_train_loader
 from ..evaluation import TextToImageEvaluator
 from ..solver import build_unipt_lr_scheduler, build_unipt_optimizer
 from .checkpoint import UniPTCheckpointer
-from .hooks import IterLRScheduler
+from .hooks import IterLRScheduler, MetricPrinter, PeriodicCheckpointer
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +48,10 @@ class UniPTTrainer(DefaultTrainer):
     def build_lr_scheduler(cls, cfg, optimizer, iters_per_epoch: int) -> dict[str, Any]:
         return build_unipt_lr_scheduler(cfg, optimizer, iters_per_epoch)
 
+    def build_writers(self) -> list:
+        return [MetricPrinter(self.max_iter) if isinstance(w, CommonMetricPrinter) else w
+                for w in super().build_writers()]
+
     def build_hooks(self) -> list:
         # DefaultTrainer.__init__ builds its Checkpointer just before calling build_hooks; swap in
         # the safe one here so that every hook and resume_or_load use it.
@@ -57,4 +63,10 @@ class UniPTTrainer(DefaultTrainer):
         if "iter_sched" in self.scheduler:
             ret = [IterLRScheduler(self.optimizer, self.scheduler["iter_sched"])
                    if isinstance(h, hooks.LRScheduler) else h for h in ret]
+        if not self.cfg.DATASETS.TESTS:
+            # Pre-training has nothing to evaluate: no EvalHook (fast-reid's divides by
+            # TEST.EVAL_PERIOD) and a checkpointer that does not look for a test set.
+            self._last_eval_results = OrderedDict()
+            ret = [PeriodicCheckpointer(h.checkpointer, h.period) if isinstance(h, hooks.PeriodicCheckpointer)
+                   else h for h in ret if not isinstance(h, hooks.EvalHook)]
         return ret

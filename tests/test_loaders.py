@@ -1,0 +1,247 @@
+"""Image reading / transforms and the train / test loaders on raw-format fixture files."""
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from raw_fixtures import make_cuhk_pedes, make_luperson_t, make_rstpreid
+from unipt_plugin.config import get_unipt_cfg
+from unipt_plugin.data import build_t2i_test_loader, build_t2i_train_loader
+from unipt_plugin.data.common import ModalityBatchSampler
+from unipt_plugin.data.transforms import ImageReadError, build_image_transform, read_image
+
+H, W = 32, 16
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    r = str(tmp_path_factory.mktemp("loader_data"))
+    written = {"CUHKPEDES": make_cuhk_pedes(r, num_ids=4, images_per_id=2, captions_per_image=2, size=(40, 20)),
+               "RSTPReid": make_rstpreid(r, num_ids=3, images_per_id=2, size=(40, 20)),
+               "LUPersonT": make_luperson_t(r, num_images=6, captions_per_image=2, size=(40, 20))}
+    return r, written
+
+
+def _cfg(root, names=("CUHKPEDES",), batch=4, flip_prob=0.5, sampler="TrainingSampler", workers=0):
+    cfg = get_unipt_cfg()
+    cfg.DATASETS.ROOT = root
+    cfg.DATASETS.NAMES = tuple(names)
+    cfg.INPUT.SIZE_TRAIN = [H, W]
+    cfg.INPUT.SIZE_TEST = [H, W]
+    cfg.INPUT.FLIP.PROB = flip_prob
+    cfg.INPUT.TEXT.MAX_LENGTH = 16
+    cfg.SOLVER.IMS_PER_BATCH = batch
+    cfg.TEST.IMS_PER_BATCH = 5
+    cfg.DATALOADER.SAMPLER_TRAIN = sampler
+    cfg.DATALOADER.NUM_INSTANCE = 2
+    cfg.DATALOADER.NUM_WORKERS = workers
+    return cfg
+
+
+# ---------------------------------------------------------------------- images
+def _save(path, arr, mode=None, **kw):
+    Image.fromarray(arr, mode).save(path, **kw) if mode else Image.fromarray(arr).save(path, **kw)
+    return str(path)
+
+
+def test_read_image_modes(tmp_path):
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 256, (6, 4), dtype=np.uint8)
+    img = read_image(_save(tmp_path / "g.png", gray))
+    assert img.mode == "RGB" and np.array_equal(np.asarray(img)[..., 1], gray)
+
+    rgba = rng.integers(0, 256, (6, 4, 4), dtype=np.uint8)
+    img = read_image(_save(tmp_path / "a.png", rgba))
+    assert img.mode == "RGB" and np.array_equal(np.asarray(img), rgba[..., :3])
+
+    g16 = (gray.astype(np.uint16) * 257)  # 16-bit with the same 8-bit content
+    p16 = tmp_path / "g16.png"
+    Image.fromarray(g16).save(p16)
+    assert Image.open(p16).mode.startswith("I")
+    assert np.array_equal(np.asarray(read_image(str(p16)))[..., 0], gray)
+
+    rgb = rng.integers(0, 256, (6, 4, 3), dtype=np.uint8)
+    pal = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=8)
+    pal.save(tmp_path / "p.png")
+    assert np.array_equal(np.asarray(read_image(str(tmp_path / "p.png"))), np.asarray(pal.convert("RGB")))
+
+
+def test_read_image_bad_files(tmp_path):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    with pytest.raises(ImageReadError, match="empty.jpg"):
+        read_image(str(tmp_path / "empty.jpg"))
+    (tmp_path / "junk.png").write_bytes(b"this is not an image at all")
+    with pytest.raises(ImageReadError, match="junk.png"):
+        read_image(str(tmp_path / "junk.png"))
+    good = _save(tmp_path / "full.jpg", np.random.default_rng(1).integers(0, 256, (64, 32, 3), dtype=np.uint8))
+    data = open(good, "rb").read()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageReadError, match="cut.jpg"):
+        read_image(str(tmp_path / "cut.jpg"))
+    with pytest.raises(FileNotFoundError, match="absent.png"):
+        read_image(str(tmp_path / "absent.png"))
+
+
+def test_transform_resize_scale_and_flip(tmp_path, root):
+    cfg = _cfg(root[0])
+    arr = np.random.default_rng(2).integers(0, 256, (40, 20, 3), dtype=np.uint8)
+    img = Image.fromarray(arr)
+    test_t = build_image_transform(cfg, is_train=False)
+    plain = test_t(img)
+    ref = np.asarray(img.resize((W, H), Image.Resampling.BICUBIC), dtype=np.float32).transpose(2, 0, 1)
+    assert plain.dtype == torch.float32 and plain.shape == (3, H, W)
+    assert torch.allclose(plain, torch.from_numpy(ref), atol=1.0)  # 0-255 scale, not normalised
+    cfg.INPUT.FLIP.PROB = 1.0
+    assert torch.equal(build_image_transform(cfg, is_train=True)(img), plain.flip(-1))
+    cfg.INPUT.FLIP.PROB = 0.0
+    assert torch.equal(build_image_transform(cfg, is_train=True)(img), plain)
+    cfg.INPUT.FLIP.PROB = 1.0
+    cfg.INPUT.FLIP.ENABLED = False
+    assert torch.equal(build_image_transform(cfg, is_train=True)(img), plain)
+
+
+# ---------------------------------------------------------------------- train loader
+def _unflipped(cfg, path):
+    return build_image_transform(cfg, is_train=False)(read_image(path))
+
+
+@pytest.mark.parametrize("prob", [1.0, 0.0])
+def test_train_batches(root, prob):
+    r, written = root
+    cfg = _cfg(r, flip_prob=prob)
+    loader = build_t2i_train_loader(cfg)
+    w = written["CUHKPEDES"]
+    assert loader.dataset.num_classes == w["train"]["ids"]
+    assert len(loader.dataset) == w["train"]["captions"]
+    items = loader.dataset.img_items
+    path_of_img = {img_id: p for p, _, _, img_id in items}
+    pid_of_img = {img_id: pid for _, _, pid, img_id in items}
+    batch = next(iter(loader))
+    assert set(batch) == {"images", "text_ids", "text_mask", "targets", "img_ids"}
+    assert batch["images"].dtype == torch.float32 and batch["images"].shape == (4, 3, H, W)
+    for key in ("text_ids", "text_mask", "targets", "img_ids"):
+        assert batch[key].dtype == torch.long
+    assert batch["text_ids"].shape == batch["text_mask"].shape == (4, 16)
+    assert batch["images"].max() > 1.5 and batch["images"].min() >= 0  # 0-255 scale
+    for i in range(4):
+        img_id = int(batch["img_ids"][i])
+        assert int(batch["targets"][i]) == pid_of_img[img_id]
+        ref = _unflipped(cfg, path_of_img[img_id])
+        assert torch.equal(batch["images"][i], ref.flip(-1) if prob == 1.0 else ref)
+        assert not torch.equal(ref, ref.flip(-1))  # the check can tell
+
+
+def test_train_captions_match_items(root):
+    r, _ = root
+    cfg = _cfg(r, batch=4)
+    loader = build_t2i_train_loader(cfg)
+    from unipt_plugin.data import build_tokenizer
+    tok = build_tokenizer(cfg)
+    captions_of_img = {}
+    for _, c, _, img_id in loader.dataset.img_items:
+        captions_of_img.setdefault(img_id, []).append(tok([c])["input_ids"][0])
+    for batch in itertools.islice(loader, 3):
+        for ids, img_id in zip(batch["text_ids"], batch["img_ids"].tolist()):
+            assert any(torch.equal(ids, ref) for ref in captions_of_img[img_id])
+
+
+def test_training_sampler_covers_an_epoch_and_is_seeded(root):
+    r, written = root
+    n = written["CUHKPEDES"]["train"]["captions"]  # 16
+    cfg = _cfg(r, batch=4)
+    seen = [tuple(b["img_ids"].tolist()) for b in itertools.islice(build_t2i_train_loader(cfg), n // 4)]
+    again = [tuple(b["img_ids"].tolist()) for b in itertools.islice(build_t2i_train_loader(cfg), n // 4)]
+    assert seen == again
+    counts = Counter(i for b in seen for i in b)  # one epoch = every caption once = 2 per image
+    assert set(counts.values()) == {2} and len(counts) == written["CUHKPEDES"]["train"]["images"]
+
+
+@pytest.mark.parametrize("sampler", ["NaiveIdentitySampler", "BalancedIdentitySampler"])
+def test_identity_samplers(root, sampler):
+    r, _ = root
+    loader = build_t2i_train_loader(_cfg(r, batch=4, sampler=sampler))
+    for batch in itertools.islice(loader, 4):
+        counts = Counter(batch["targets"].tolist())
+        assert sorted(counts.values()) == [2, 2]  # 2 identities x NUM_INSTANCE 2
+
+
+def test_several_datasets_and_luperson(root):
+    r, written = root
+    loader = build_t2i_train_loader(_cfg(r, names=("CUHKPEDES", "RSTPReid", "LUPersonT"), batch=6))
+    c, s, lp = (written[k]["train"] for k in ("CUHKPEDES", "RSTPReid", "LUPersonT"))
+    assert loader.dataset.num_classes == c["ids"] + s["ids"] + lp["images"]
+    items = loader.dataset.img_items
+    assert len(items) == c["captions"] + s["captions"] + lp["captions"]
+    assert sorted({pid for _, _, pid, _ in items}) == list(range(loader.dataset.num_classes))
+    assert len({img for _, _, _, img in items}) == c["images"] + s["images"] + lp["images"]
+    batch = next(iter(loader))
+    assert batch["images"].shape == (6, 3, H, W)
+
+
+def test_worker_processes(root):
+    r, _ = root
+    cfg = _cfg(r, batch=4, workers=1)
+    a = next(iter(build_t2i_train_loader(cfg)))
+    b = next(iter(build_t2i_train_loader(cfg)))
+    assert torch.equal(a["images"], b["images"]) and torch.equal(a["text_ids"], b["text_ids"])
+
+
+def test_bad_loader_config(root):
+    r, _ = root
+    with pytest.raises(ValueError, match="SAMPLER_TRAIN"):
+        build_t2i_train_loader(_cfg(r, sampler="RandomSampler"))
+    with pytest.raises(ValueError, match="NUM_INSTANCE"):
+        build_t2i_train_loader(_cfg(r, batch=5, sampler="NaiveIdentitySampler"))
+    with pytest.raises(ValueError, match="no test split"):
+        build_t2i_test_loader(_cfg(r), "LUPersonT")
+    with pytest.raises(KeyError, match="Market"):
+        build_t2i_test_loader(_cfg(r), "Market")
+
+
+# ---------------------------------------------------------------------- test loader
+@pytest.mark.parametrize("name", ["CUHKPEDES", "CUHKPEDESVal", "RSTPReid"])
+def test_test_loader_covers_everything_once(root, name):
+    r, written = root
+    split = "val" if name.endswith("Val") else "test"
+    w = written["CUHKPEDES" if name.startswith("CUHK") else name]
+    loader, num_query = build_t2i_test_loader(_cfg(r), name)
+    assert num_query == w[split]["captions"]
+    text_pids, img_ids, img_pids, seen_images = [], [], [], False
+    for batch in loader:
+        if "images" in batch:
+            seen_images = True
+            assert set(batch) == {"images", "targets", "img_ids"}
+            assert batch["images"].shape[1:] == (3, H, W) and batch["images"].dtype == torch.float32
+            img_ids += batch["img_ids"].tolist()
+            img_pids += batch["targets"].tolist()
+        else:
+            assert not seen_images  # queries first
+            assert set(batch) == {"text_ids", "text_mask", "targets"}
+            assert batch["text_ids"].dtype == torch.long and batch["text_ids"].shape[1] == 16
+            text_pids += batch["targets"].tolist()
+    recs = [x for x in w["records"] if x["split"] == split]
+    assert Counter(text_pids) == Counter(x["pid"] for x in recs for _ in x["captions"])  # raw ids
+    assert sorted(img_ids) == list(range(w[split]["images"]))
+    assert Counter(img_pids) == Counter(x["pid"] for x in recs)
+
+
+def test_modality_batch_sampler_distributed():
+    num_query, num_gallery, world = 11, 7, 3
+    per_rank = [list(ModalityBatchSampler(num_query, num_gallery, 2, rank, world)) for rank in range(world)]
+    for batches in per_rank:
+        for b in batches:
+            assert all(i < num_query for i in b) or all(i >= num_query for i in b)
+    # gathering in rank order restores queries 0..Q-1, then gallery Q..Q+G-1
+    queries = [i for batches in per_rank for b in batches for i in b if i < num_query]
+    gallery = [i for batches in per_rank for b in batches for i in b if i >= num_query]
+    assert queries == list(range(num_query)) and gallery == list(range(num_query, num_query + num_gallery))
+    sizes = [sum(len(b) for b in batches if b[0] < num_query) for batches in per_rank]
+    assert sizes == [3, 4, 4]  # floor(11 * r / 3) boundaries
+    for rank in range(world):
+        s = ModalityBatchSampler(num_query, num_gallery, 2, rank, world)
+        assert len(s) == len(list(s))

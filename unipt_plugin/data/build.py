@@ -1,0 +1,146 @@
+"""Train / test loaders for text-image ReID (the batch contract of the project).
+
+``build_t2i_train_loader(cfg)``: an infinite ``torch.utils.data.DataLoader`` over the training
+items of every dataset in cfg.DATASETS.NAMES (pids and image ids offset so that they stay
+distinct across datasets), batches of SOLVER.IMS_PER_BATCH // world_size:
+
+    {"images": float (B,3,H,W) 0-255, "text_ids": long (B,L), "text_mask": long (B,L),
+     "targets": long (B,) 0..C-1, "img_ids": long (B,)}
+
+``build_t2i_test_loader(cfg, name) -> (loader, num_query)``: text batches {"text_ids",
+"text_mask", "targets"} for every query caption, then image batches {"images", "targets",
+"img_ids"} for every gallery image; raw person ids. Distributed: each rank gets a contiguous
+share of each modality (the evaluator gathers in rank order).
+
+Plain torch DataLoaders (fast-reid's ``DataLoaderX`` needs CUDA): pin_memory only when CUDA is
+available; workers are seeded from cfg.SEED (when >= 0) and the rank.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+import numpy as np
+import torch
+from fastreid.data import samplers
+from fastreid.data.datasets import DATASET_REGISTRY
+from fastreid.utils import comm
+from torch.utils.data import BatchSampler, DataLoader
+
+from .common import IdentityView, ModalityBatchSampler, T2ITestSet, T2ITrainSet, TestCollator, TrainCollator
+from .datasets.base import TextImageDataset
+from .tokenizer import build_tokenizer
+from .transforms import build_image_transform
+
+__all__ = ["build_t2i_train_loader", "build_t2i_test_loader", "build_dataset", "seed_worker"]
+
+logger = logging.getLogger(__name__)
+
+_SAMPLERS = ("TrainingSampler", "NaiveIdentitySampler", "BalancedIdentitySampler")
+
+
+def build_dataset(cfg: Any, name: str) -> TextImageDataset:
+    """The registered dataset ``name`` constructed on cfg.DATASETS.ROOT."""
+    try:
+        cls = DATASET_REGISTRY.get(name)
+    except KeyError as e:
+        raise KeyError(f"dataset {name!r} is not registered; text-image datasets: CUHKPEDES, CUHKPEDESVal, "
+                       "ICFGPEDES, RSTPReid, LUPersonT") from e
+    if not (isinstance(cls, type) and issubclass(cls, TextImageDataset)):
+        raise TypeError(f"dataset {name!r} is a fast-reid image dataset, not a text-image dataset")
+    return cls(root=cfg.DATASETS.ROOT, cfg=cfg)
+
+
+def seed_worker(worker_id: int) -> None:
+    """worker_init_fn: seed numpy and ``random`` from the worker's torch seed (base seed + worker id)."""
+    seed = torch.initial_seed() % 2 ** 32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def _loader_generator(cfg: Any, offset: int) -> torch.Generator | None:
+    """Generator fixing the workers' base seed: cfg.SEED + rank (+ offset); None when SEED < 0."""
+    if int(cfg.SEED) < 0:
+        return None
+    g = torch.Generator()
+    g.manual_seed(int(cfg.SEED) + 1000 * comm.get_rank() + offset)
+    return g
+
+
+def _per_process(total: int, what: str) -> int:
+    world = comm.get_world_size()
+    if total < world:
+        raise ValueError(f"{what} = {total} is smaller than the number of processes ({world})")
+    return total // world
+
+
+def build_t2i_train_loader(cfg: Any) -> DataLoader:
+    """Infinite training loader over cfg.DATASETS.NAMES; ``loader.dataset.num_classes`` = C."""
+    items: list[tuple[str, str, int, int]] = []
+    num_classes = 0
+    num_images = 0
+    for name in cfg.DATASETS.NAMES:
+        data = build_dataset(cfg, name)
+        if not data.train:
+            raise ValueError(f"dataset {name!r} has no training split")
+        if comm.is_main_process():
+            data.show_train()
+        items.extend((p, c, pid + num_classes, img + num_images) for p, c, pid, img in data.train)
+        num_classes += data.num_classes
+        num_images += data.num_train_images
+    if not items:
+        raise ValueError("DATASETS.NAMES is empty: no training data")
+    train_set = T2ITrainSet(items, build_image_transform(cfg, is_train=True), num_classes)
+
+    mini_batch = _per_process(int(cfg.SOLVER.IMS_PER_BATCH), "SOLVER.IMS_PER_BATCH")
+    seed = int(cfg.SEED) if int(cfg.SEED) >= 0 else None
+    name = cfg.DATALOADER.SAMPLER_TRAIN
+    logger.info("Using training sampler %s", name)
+    if name == "TrainingSampler":
+        sampler = samplers.TrainingSampler(len(train_set), shuffle=True, seed=seed)
+    elif name in ("NaiveIdentitySampler", "BalancedIdentitySampler"):
+        num_instance = int(cfg.DATALOADER.NUM_INSTANCE)
+        if num_instance < 1 or mini_batch % num_instance:
+            raise ValueError(f"DATALOADER.NUM_INSTANCE = {num_instance} must divide the per-process batch "
+                             f"{mini_batch} (SOLVER.IMS_PER_BATCH // world size)")
+        cls = getattr(samplers, name)
+        sampler = cls(IdentityView(train_set.img_items), mini_batch, num_instance, seed=seed)
+    else:
+        raise ValueError(f"DATALOADER.SAMPLER_TRAIN = {name!r}: expected one of {list(_SAMPLERS)}")
+    batch_sampler = BatchSampler(sampler, mini_batch, drop_last=True)
+
+    return DataLoader(
+        train_set,
+        batch_sampler=batch_sampler,
+        num_workers=int(cfg.DATALOADER.NUM_WORKERS),
+        collate_fn=TrainCollator(build_tokenizer(cfg)),
+        pin_memory=torch.cuda.is_available(),
+        worker_init_fn=seed_worker,
+        generator=_loader_generator(cfg, 0),
+    )
+
+
+def build_t2i_test_loader(cfg: Any, dataset_name: str) -> tuple[DataLoader, int]:
+    """(loader over queries then gallery, number of queries) for the test split of ``dataset_name``."""
+    data = build_dataset(cfg, dataset_name)
+    if not data.query or not data.gallery:
+        raise ValueError(f"dataset {dataset_name!r} has no test split (query / gallery)")
+    if comm.is_main_process():
+        data.show_test()
+    test_set = T2ITestSet(data.query, data.gallery, build_image_transform(cfg, is_train=False))
+    batch_sampler = ModalityBatchSampler(
+        len(data.query), len(data.gallery),
+        batch_size=max(1, int(cfg.TEST.IMS_PER_BATCH) // comm.get_world_size()),
+        rank=comm.get_rank(), world_size=comm.get_world_size(),
+    )
+    loader = DataLoader(
+        test_set,
+        batch_sampler=batch_sampler,
+        num_workers=int(cfg.DATALOADER.NUM_WORKERS),
+        collate_fn=TestCollator(build_tokenizer(cfg)),
+        pin_memory=torch.cuda.is_available(),
+        worker_init_fn=seed_worker,
+        generator=_loader_generator(cfg, 1),
+    )
+    return loader, len(data.query)

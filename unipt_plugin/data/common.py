@@ -1,0 +1,155 @@
+"""torch Datasets over text-image items, their collate functions and the test batch sampler.
+
+Items come from ``unipt_plugin.data.datasets`` (see ``TextImageDataset``). Images are read and
+transformed in ``__getitem__``; captions are tokenised per batch in the collate function
+(one batched call of the tokenizer).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from .tokenizer import TextTokenizer
+from .transforms import read_image
+
+__all__ = ["T2ITrainSet", "T2ITestSet", "IdentityView", "TrainCollator", "TestCollator", "ModalityBatchSampler"]
+
+
+class T2ITrainSet(Dataset):
+    """Training items ``(img_path, caption, pid, image_id)`` -> dicts for ``TrainCollator``.
+
+    Attributes:
+        num_classes: number of training identities C (pids are 0..C-1); fast-reid's trainer
+            reads it to size the classifier.
+        img_items: the items themselves (fast-reid's name).
+    """
+
+    def __init__(self, items: Sequence[tuple[str, str, int, int]], transform: Callable, num_classes: int) -> None:
+        self.img_items = list(items)
+        self.transform = transform
+        self.num_classes = int(num_classes)
+
+    def __len__(self) -> int:
+        return len(self.img_items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path, caption, pid, image_id = self.img_items[index]
+        return {"image": self.transform(read_image(path)), "caption": caption, "target": pid, "img_id": image_id}
+
+
+class IdentityView(Sequence):
+    """Read-only view of training items as ``(index, pid, image_id)`` for fast-reid's identity samplers.
+
+    fast-reid's ``NaiveIdentitySampler`` reads ``item[1]`` as the pid and
+    ``BalancedIdentitySampler`` unpacks ``(_, pid, camid)``; the image id plays the camera's
+    role, so that a balanced batch prefers captions of other images of the same person.
+    """
+
+    def __init__(self, items: Sequence[tuple[str, str, int, int]]) -> None:
+        self._items = items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index: int) -> tuple[int, int, int]:  # type: ignore[override]
+        _, _, pid, image_id = self._items[index]
+        return index, pid, image_id
+
+
+class T2ITestSet(Dataset):
+    """Queries then gallery: index < num_query is a caption, the rest are images.
+
+    ``__getitem__`` returns {"caption", "target"} for a query and {"image", "target",
+    "img_id"} for a gallery image (raw person ids).
+    """
+
+    def __init__(self, query: Sequence[tuple[str, int]], gallery: Sequence[tuple[str, int, int]],
+                 transform: Callable) -> None:
+        self.query = list(query)
+        self.gallery = list(gallery)
+        self.num_query = len(self.query)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return self.num_query + len(self.gallery)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if index < self.num_query:
+            caption, pid = self.query[index]
+            return {"caption": caption, "target": pid}
+        path, pid, image_id = self.gallery[index - self.num_query]
+        return {"image": self.transform(read_image(path)), "target": pid, "img_id": image_id}
+
+
+def _tokenize(tokenizer: TextTokenizer, captions: list[str]) -> dict[str, torch.Tensor]:
+    tok = tokenizer(captions)
+    return {"text_ids": tok["input_ids"].long(), "text_mask": tok["attention_mask"].long()}
+
+
+class TrainCollator:
+    """list of train dicts -> {"images" float (B,3,H,W), "text_ids" long (B,L), "text_mask" long (B,L),
+    "targets" long (B,), "img_ids" long (B,)}."""
+
+    def __init__(self, tokenizer: TextTokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        out = {"images": torch.stack([b["image"] for b in batch]).float()}
+        out.update(_tokenize(self.tokenizer, [b["caption"] for b in batch]))
+        out["targets"] = torch.tensor([b["target"] for b in batch], dtype=torch.long)
+        out["img_ids"] = torch.tensor([b["img_id"] for b in batch], dtype=torch.long)
+        return out
+
+
+class TestCollator:
+    """list of test dicts of ONE modality -> a text batch {"text_ids", "text_mask", "targets"} or an
+    image batch {"images", "targets", "img_ids"} (shapes as in ``TrainCollator``)."""
+
+    def __init__(self, tokenizer: TextTokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        texts = ["caption" in b for b in batch]
+        if any(texts) and not all(texts):
+            raise ValueError("a test batch mixes captions and images; use ModalityBatchSampler")
+        targets = torch.tensor([b["target"] for b in batch], dtype=torch.long)
+        if texts[0]:
+            out = _tokenize(self.tokenizer, [b["caption"] for b in batch])
+            out["targets"] = targets
+            return out
+        return {"images": torch.stack([b["image"] for b in batch]).float(), "targets": targets,
+                "img_ids": torch.tensor([b["img_id"] for b in batch], dtype=torch.long)}
+
+
+def _shard(begin: int, end: int, rank: int, world_size: int) -> range:
+    """Contiguous share of [begin, end) for ``rank``: sizes differ by at most one, in rank order."""
+    n = end - begin
+    lo = begin + (n * rank) // world_size
+    hi = begin + (n * (rank + 1)) // world_size
+    return range(lo, hi)
+
+
+class ModalityBatchSampler(Sampler):
+    """Batches of test indices that never mix queries (0..num_query-1) and gallery (num_query..).
+
+    With ``world_size`` processes, rank r gets the r-th contiguous share of the queries and of
+    the gallery, so that gathering features in rank order restores the original order.
+    """
+
+    def __init__(self, num_query: int, num_gallery: int, batch_size: int, rank: int = 0, world_size: int = 1) -> None:
+        if batch_size < 1:
+            raise ValueError(f"test batch size must be >= 1, got {batch_size}")
+        self.batch_size = int(batch_size)
+        self.ranges = [_shard(0, num_query, rank, world_size),
+                       _shard(num_query, num_query + num_gallery, rank, world_size)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for r in self.ranges:
+            for start in range(r.start, r.stop, self.batch_size):
+                yield list(range(start, min(start + self.batch_size, r.stop)))
+
+    def __len__(self) -> int:
+        return sum((len(r) + self.batch_size - 1) // self.batch_size for r in self.ranges)
