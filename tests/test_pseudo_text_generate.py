@@ -1,0 +1,150 @@
+"""End to end: tiny random open_clip model, generated images, shards, resume, report, weights."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from unipt_plugin.pseudo_text.generate import sidecar_paths
+from unipt_plugin.pseudo_text.pipeline import build_parser, main, run_merge, run_one_shard
+from unipt_plugin.pseudo_text.vocabulary import load_vocabulary
+
+TINY = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
+GOOD = [f"cam{i % 2}/p{i}.jpg" for i in range(8)]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gen")
+    (root / "pt-tiny-clip.json").write_text(json.dumps(TINY))
+    images = root / "images"
+    rng = np.random.default_rng(0)
+    for rel in GOOD:
+        (images / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (64, 32, 3), dtype=np.uint8)).save(images / rel)
+    (images / "corrupt.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    (root / "list.txt").write_text("\n".join(GOOD + ["corrupt.jpg", "missing.jpg"]) + "\n")
+    return root
+
+
+def argv(data, out, *extra):
+    return ["--list", str(data / "list.txt"), "--image-root", str(data / "images"), "--output", str(out),
+            "--model-config", str(data / "pt-tiny-clip.json"), "--weights", "", "--random-init-ok",
+            "--num-workers", "0", "--batch-size", "2", "--chunk-size", "2", "--captions-per-image", "2",
+            "--no-progress", "--device", "cpu", *extra]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data):
+    out = data / "full" / "annotations.json"
+    for shard in (0, 1):
+        torch.manual_seed(0)
+        main(argv(data, out, "--shard", str(shard), "--num-shards", "2"))
+    main(argv(data, out, "--num-shards", "2", "--merge", "--report-dir", str(data / "full" / "report")))
+    return out
+
+
+def test_output_format(data, uninterrupted):
+    ann = json.loads(uninterrupted.read_text())
+    assert [e["file_path"] for e in ann] == sorted(GOOD)
+    for e in ann:
+        assert set(e) == {"file_path", "captions"}
+        assert len(e["captions"]) == 2 and len(set(e["captions"])) == 2
+        assert all(isinstance(c, str) and c.endswith(".") and c[0].isupper() for c in e["captions"])
+    sidecar, failed = sidecar_paths(uninterrupted)
+    side = json.loads(sidecar.read_text())
+    vocab = load_vocabulary()
+    assert [e["file_path"] for e in side["images"]] == sorted(GOOD)
+    for e in side["images"]:
+        assert set(e["attributes"]) == set(vocab.names)
+        for name, chosen in e["attributes"].items():
+            assert chosen["id"] in vocab[name].class_ids
+            assert isinstance(chosen["score"], float)
+        assert len(e["templates"]) == 2
+    assert side["settings"]["threshold"] == 0.9 and side["settings"]["num_images"] == 10
+    # Corrupt and missing images are listed with the reason, not fatal.
+    bad = {f["file_path"]: f["error"] for f in json.loads(failed.read_text())}
+    assert set(bad) == {"corrupt.jpg", "missing.jpg"}
+    assert "missing.jpg" in bad["missing.jpg"] and "corrupt.jpg" in bad["corrupt.jpg"]
+
+
+def test_report(data, uninterrupted):
+    rep = data / "full" / "report"
+    for png in ("optional_attributes.png", "required_attributes.png"):
+        assert (rep / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((rep / "report.json").read_text())
+    ann = json.loads(uninterrupted.read_text())
+    side = json.loads(sidecar_paths(uninterrupted)[0].read_text())
+    assert summary["num_images"] == len(ann) == 8 and summary["num_failed"] == 2
+    assert summary["num_distinct_captions"] == len({c for e in ann for c in e["captions"]})
+    gender_counts = {}
+    for e in side["images"]:
+        gid = e["attributes"]["gender"]["id"]
+        gender_counts[gid] = gender_counts.get(gid, 0) + 1
+    assert summary["attribute_counts"]["gender"] == gender_counts
+    assert sum(summary["template_usage_top"][i][1] for i in range(len(summary["template_usage_top"]))) <= 16
+    assert "## Failed images" in (rep / "report.md").read_text()
+
+
+def test_interrupted_then_resumed_is_identical(data, uninterrupted):
+    out = data / "resumed" / "annotations.json"
+    args = build_parser().parse_args(argv(data, out, "--num-shards", "2"))
+    torch.manual_seed(0)
+    first = run_one_shard(args, 0, 2, "cpu", stop_after_chunks=1)  # killed inside shard 0
+    assert first["new_chunks"] == 1 and first["chunks"] == 3
+    with pytest.raises(RuntimeError, match="not finished"):
+        run_merge(args)
+    chunk0 = out.parent / "annotations.json.parts" / "shard-00000-of-00002" / "chunk-000000.json"
+    stamp = chunk0.stat().st_mtime_ns
+    torch.manual_seed(0)
+    again = run_one_shard(args, 0, 2, "cpu")  # resumed: skips the finished chunk
+    assert again["skipped_chunks"] == 1 and again["new_chunks"] == 2
+    assert chunk0.stat().st_mtime_ns == stamp
+    torch.manual_seed(0)
+    run_one_shard(args, 1, 2, "cpu")  # shard 1 later
+    assert run_one_shard(args, 1, 2, "cpu")["new_chunks"] == 0
+    run_merge(args)
+    assert out.read_bytes() == uninterrupted.read_bytes()
+    assert sidecar_paths(out)[0].read_bytes() == sidecar_paths(uninterrupted)[0].read_bytes()
+    # Different settings refuse to resume into the same work folder.
+    other = build_parser().parse_args(argv(data, out, "--num-shards", "2", "--seed", "5"))
+    with pytest.raises(RuntimeError, match="seed"):
+        run_one_shard(other, 0, 2, "cpu")
+
+
+def test_openai_style_torchscript_weights(data):
+    """A TorchScript archive (the format of OpenAI's ViT-B-16.pt) loads offline, QuickGELU on."""
+    import open_clip
+
+    from unipt_plugin.pseudo_text.clip_model import build_clip
+
+    build_clip(model_config=str(data / "pt-tiny-clip.json"), random_init_ok=True)  # registers the config
+    torch.manual_seed(1)
+    ref = open_clip.create_model("pt-tiny-clip", force_quick_gelu=True).eval()
+    image, text = torch.randn(2, 3, 64, 64), open_clip.get_tokenizer("pt-tiny-clip")(["a man", "a woman"])
+    path = data / "tiny-openai.pt"
+    torch.jit.save(torch.jit.trace(ref, (image, text), check_trace=False), str(path))
+    model, _ = build_clip(model_config=str(data / "pt-tiny-clip.json"), weights=str(path))
+    with torch.no_grad():
+        assert torch.allclose(model.encode_image(image), ref.encode_image(image), atol=1e-5)
+        assert torch.allclose(model.encode_text(text), ref.encode_text(text), atol=1e-5)
+    with pytest.raises(ValueError, match="random-init-ok"):
+        build_clip(model_config=str(data / "pt-tiny-clip.json"), weights="")
+
+
+def test_output_loads_through_luperson_t(data, uninterrupted, tmp_path):
+    from unipt_plugin.config import get_unipt_cfg
+    from unipt_plugin.data.datasets import LUPersonT
+
+    cfg = get_unipt_cfg()
+    root = tmp_path / "datasets"
+    (root / "LUPerson-T").mkdir(parents=True)
+    node = cfg.DATASETS.LUPERSON_T
+    (root / "LUPerson-T" / node.IMAGE_DIR).symlink_to(data / "images")
+    (root / "LUPerson-T" / node.ANNOTATION).write_bytes(uninterrupted.read_bytes())
+    ds = LUPersonT(root=str(root), cfg=cfg)
+    ann = json.loads(uninterrupted.read_text())
+    assert ds.num_train_images == 8 and ds.num_classes == 8
+    assert sorted(item[1] for item in ds.train) == sorted(c for e in ann for c in e["captions"])
