@@ -66,7 +66,10 @@ class UniPTT2I(nn.Module):
         self.normalizer = ImageNormalizer(cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD)
         self.image_proj = nn.Linear(self.visual.out_dim, t.EMBED_DIM)
         self.text_proj = nn.Linear(self.text.out_dim, t.EMBED_DIM)
-        self.classifier = SharedClassifier(t.EMBED_DIM, num_classes, t.CLASSIFIER_STD)
+        # NUM_CLASSES = 0 builds an inference-only model (evaluation, search, export): the
+        # identity classifiers exist only for training.
+        self.num_classes = num_classes
+        self.classifier = SharedClassifier(t.EMBED_DIM, num_classes, t.CLASSIFIER_STD) if num_classes > 0 else None
         self.pool = t.POOL
         self.pool_mask_padding = bool(t.POOL_MASK_PADDING)
         self.margin = float(t.RANK_MARGIN)
@@ -76,8 +79,8 @@ class UniPTT2I(nn.Module):
         self.test_score = t.TEST_SCORE
         if cfg.MODEL.PGU.ENABLED:
             self.pgu = PGU.from_config(cfg, self.visual.out_dim, self.text.out_dim)
-            self.part_classifiers = PartClassifiers(self.pgu.num_prototypes, self.pgu.part_dim,
-                                                    num_classes, t.CLASSIFIER_STD)
+            self.part_classifiers = (PartClassifiers(self.pgu.num_prototypes, self.pgu.part_dim,
+                                                     num_classes, t.CLASSIFIER_STD) if num_classes > 0 else None)
             if self.pgu_weight == 0:
                 logger.info("MODEL.T2I.PGU_WEIGHT = 0: the PGU is built (TEST_SCORE=%s) but not trained",
                             self.test_score)
@@ -118,6 +121,9 @@ class UniPTT2I(nn.Module):
                 return self._features(self.image_tokens(batch["images"].to(dev, non_blocking=True)), "image", None)
             b = to_device(batch, dev, ("text_ids", "text_mask"))
             return self._features(self.text(b["text_ids"], b["text_mask"]), "text", b["text_mask"])
+        if self.classifier is None:
+            raise ValueError("UniPTT2I was built with MODEL.HEADS.NUM_CLASSES = 0 (inference only) and cannot "
+                             "train; the trainer sets the number of classes from the training data")
         for key in ("images", "text_ids", "text_mask", "targets"):
             if key not in batch:
                 raise KeyError(f"UniPTT2I training batch lacks '{key}' (has {sorted(batch)})")
