@@ -1,0 +1,162 @@
+"""Retrieval metrics against a brute-force reference (plain loops, stable sort) and by hand."""
+import logging
+
+import pytest
+import torch
+
+import unipt_plugin  # noqa: F401
+import importlib
+
+rm_module = importlib.import_module("unipt_plugin.evaluation.retrieval_metrics")
+from unipt_plugin.evaluation.retrieval_metrics import image_to_text, retrieval_metrics
+
+TOPK = (1, 2, 5)
+
+
+def brute_force(q, g, qp, gp, topk=TOPK):
+    """Reference: per query, a stable descending sort of the scores, then the definitions."""
+    scores = (q.double() @ g.double().T).tolist()  # exact for the small integer/random inputs
+    qp, gp = qp.tolist(), gp.tolist()
+    hits = {k: 0 for k in topk}
+    ap_sum = inp_sum = 0.0
+    kept = 0
+    for i, row in enumerate(scores):
+        order = sorted(range(len(gp)), key=lambda j: -row[j])  # Python's sort is stable
+        ranks = [r + 1 for r, j in enumerate(order) if gp[j] == qp[i]]
+        if not ranks:
+            continue
+        kept += 1
+        for k in topk:
+            hits[k] += ranks[0] <= k
+        ap_sum += sum((n + 1) / r for n, r in enumerate(ranks)) / len(ranks)
+        inp_sum += len(ranks) / ranks[-1]
+    out = {f"Rank-{k}": 100.0 * hits[k] / kept for k in topk}
+    out["mAP"] = 100.0 * ap_sum / kept
+    out["mINP"] = 100.0 * inp_sum / kept
+    return out
+
+
+def assert_same(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key] == pytest.approx(b[key], abs=1e-9), key
+
+
+@pytest.fixture(params=["auto", "dense", "sparse"])
+def path(request, monkeypatch):
+    """Run each case through both ranking paths (all items / candidates only)."""
+    if request.param == "dense":
+        monkeypatch.setattr(rm_module, "_DENSE_FRACTION", 10 ** 9)
+    elif request.param == "sparse":
+        monkeypatch.setattr(rm_module, "_DENSE_FRACTION", 0)
+    return request.param
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_float_features_match_brute_force(seed, path):
+    gen = torch.Generator().manual_seed(seed)
+    q, g = torch.randn(23, 6, generator=gen), torch.randn(41, 6, generator=gen)
+    qp, gp = torch.randint(0, 6, (23,), generator=gen), torch.randint(0, 6, (41,), generator=gen)
+    assert_same(retrieval_metrics(q, g, qp, gp, topk=TOPK, chunk_size=5),
+                brute_force(q, g, qp, gp))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_integer_features_with_many_exact_ties(seed, path):
+    gen = torch.Generator().manual_seed(100 + seed)
+    q = torch.randint(-1, 2, (30, 3), generator=gen).float()
+    g = torch.randint(-1, 2, (50, 3), generator=gen).float()
+    qp, gp = torch.randint(0, 4, (30,), generator=gen), torch.randint(0, 4, (50,), generator=gen)
+    scores = q @ g.T
+    assert (scores.unsqueeze(2) == scores.unsqueeze(1)).sum() > 30 * 50 * 5  # ties everywhere
+    assert_same(retrieval_metrics(q, g, qp, gp, topk=TOPK, chunk_size=7),
+                brute_force(q, g, qp, gp))
+
+
+def test_one_positive_and_many_positives(path):
+    gen = torch.Generator().manual_seed(7)
+    g = torch.randn(40, 5, generator=gen)
+    gp = torch.tensor([0] + [1] * 30 + list(range(2, 11)))  # id 0: one image, id 1: thirty
+    q = torch.randn(6, 5, generator=gen)
+    qp = torch.tensor([0, 1, 0, 1, 5, 1])
+    assert_same(retrieval_metrics(q, g, qp, gp, topk=TOPK), brute_force(q, g, qp, gp))
+
+
+def test_positives_all_ranked_last(path):
+    # Gallery scores along a line; the query's two positives have the lowest scores.
+    g = torch.tensor([[5.0], [4.0], [3.0], [2.0], [1.0], [0.5]])
+    gp = torch.tensor([1, 2, 3, 4, 0, 0])
+    q, qp = torch.tensor([[1.0]]), torch.tensor([0])
+    out = retrieval_metrics(q, g, qp, gp, topk=(1, 5, 6))
+    # ranks 5 and 6: AP = (1/5 + 2/6) / 2, INP = 2/6.
+    assert out["Rank-1"] == 0.0 and out["Rank-5"] == 100.0 and out["Rank-6"] == 100.0
+    assert out["mAP"] == pytest.approx(100 * (1 / 5 + 2 / 6) / 2)
+    assert out["mINP"] == pytest.approx(100 * 2 / 6)
+    assert_same(out, brute_force(q, g, qp, gp, topk=(1, 5, 6)))
+
+
+def test_hand_computed_example_with_tie_rule(path):
+    # 1-d features, score = q * g. Gallery scores for q=1: [3, 2, 2, 1, 2].
+    g = torch.tensor([[3.0], [2.0], [2.0], [1.0], [2.0]])
+    gp = torch.tensor([7, 8, 9, 9, 8])
+    q = torch.tensor([[1.0], [1.0], [-1.0]])
+    qp = torch.tensor([9, 8, 7])
+    # Order for q=1 (ties by smaller index first): indices 0, 1, 2, 4, 3.
+    #   query 0 (id 9): positives 2, 3 -> ranks 3, 5: AP = (1/3 + 2/5)/2 = 11/30, INP = 2/5, R1 0
+    #   query 1 (id 8): positives 1, 4 -> ranks 2, 4: AP = (1/2 + 2/4)/2 = 1/2, INP = 2/4, R1 0
+    # Order for q=-1: scores [-3,-2,-2,-1,-2] -> indices 3, 1, 2, 4, 0.
+    #   query 2 (id 7): positive 0 -> rank 5: AP = 1/5, INP = 1/5, R1 0, R5 1
+    out = retrieval_metrics(q, g, qp, gp, topk=(1, 2, 3, 5), chunk_size=2)
+    assert out["Rank-1"] == 0.0
+    assert out["Rank-2"] == pytest.approx(100 / 3)
+    assert out["Rank-3"] == pytest.approx(200 / 3)
+    assert out["Rank-5"] == pytest.approx(100.0)
+    assert out["mAP"] == pytest.approx(100 * (11 / 30 + 1 / 2 + 1 / 5) / 3)
+    assert out["mINP"] == pytest.approx(100 * (2 / 5 + 2 / 4 + 1 / 5) / 3)
+
+
+def test_chunk_sizes_give_identical_results():
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randint(-2, 3, (17, 4), generator=gen).float()
+    g = torch.randint(-2, 3, (29, 4), generator=gen).float()
+    qp, gp = torch.randint(0, 5, (17,), generator=gen), torch.randint(0, 5, (29,), generator=gen)
+    results = [retrieval_metrics(q, g, qp, gp, topk=TOPK, chunk_size=c) for c in (1, 3, 100)]
+    assert results[0] == results[1] == results[2]
+
+
+def test_queries_without_positive_are_excluded(caplog):
+    gen = torch.Generator().manual_seed(4)
+    q, g = torch.randn(8, 4, generator=gen), torch.randn(12, 4, generator=gen)
+    gp = torch.randint(0, 3, (12,), generator=gen)
+    qp = torch.tensor([0, 1, 2, 0, 50, 51, 1, 2])  # ids 50, 51 absent from the gallery
+    with caplog.at_level(logging.WARNING):
+        out = retrieval_metrics(q, g, qp, gp, topk=TOPK)
+    assert "2 of 8 queries have no positive" in caplog.text
+    keep = torch.tensor([0, 1, 2, 3, 6, 7])
+    assert_same(out, retrieval_metrics(q[keep], g, qp[keep], gp, topk=TOPK))
+    assert_same(out, brute_force(q, g, qp, gp))
+
+
+def test_no_query_with_positive_raises():
+    with pytest.raises(ValueError, match="none of the 3 queries has a positive"):
+        retrieval_metrics(torch.randn(3, 2), torch.randn(4, 2), torch.tensor([5, 6, 7]),
+                          torch.tensor([0, 1, 2, 3]))
+
+
+def test_bad_shapes_raise():
+    with pytest.raises(ValueError, match="feature dimensions differ"):
+        retrieval_metrics(torch.randn(3, 2), torch.randn(4, 5), torch.zeros(3), torch.zeros(4))
+    with pytest.raises(ValueError, match="query_pids must have shape"):
+        retrieval_metrics(torch.randn(3, 2), torch.randn(4, 2), torch.zeros(2), torch.zeros(4))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        retrieval_metrics(torch.full((3, 2), float("nan")), torch.randn(4, 2),
+                          torch.zeros(3), torch.zeros(4))
+
+
+def test_image_to_text_swaps_roles():
+    gen = torch.Generator().manual_seed(5)
+    text, image = torch.randn(20, 4, generator=gen), torch.randn(9, 4, generator=gen)
+    tp, ip = torch.randint(0, 4, (20,), generator=gen), torch.randint(0, 4, (9,), generator=gen)
+    out = image_to_text(text, image, tp, ip, topk=TOPK, chunk_size=4)
+    assert_same(out, brute_force(image, text, ip, tp))
+    assert out != retrieval_metrics(text, image, tp, ip, topk=TOPK)
