@@ -1,0 +1,24 @@
+"""Text-to-image person search over your own images: encode, index, query, render, export.
+
+* ``encoder``: batched encoding of image files / query strings with a trained model.
+* ``fingerprint``: config and weights hashes that tie an index to the model that made it.
+* ``index``: ``GalleryIndex``, a faiss index (flat, IVF-Flat, HNSW) + features + manifest on disk.
+* ``pipeline``: the index / query workflows behind ``tools/search.py``.
+* ``render``: PNG grid and self-contained HTML page of the results.
+* ``export``: TorchScript export of both encoders.
+"""
+from .encoder import IMAGE_EXTENSIONS, ImageEncoding, SearchEncoder, TextEncoding, list_images, load_model
+from .export import ImageEncoder, TextEncoder, export_encoders
+from .fingerprint import config_hash, feature_config, weights_hash
+from .index import DEFAULT_PARAMS, KINDS, GalleryIndex, IndexMismatchError, build_faiss_index
+from .pipeline import IndexReport, dataset_gallery, index_folder, search_texts
+from .render import Hit, QueryResult, render_grid_png, render_html, results_to_json
+
+__all__ = [
+    "IMAGE_EXTENSIONS", "ImageEncoding", "SearchEncoder", "TextEncoding", "list_images", "load_model",
+    "ImageEncoder", "TextEncoder", "export_encoders",
+    "config_hash", "feature_config", "weights_hash",
+    "DEFAULT_PARAMS", "KINDS", "GalleryIndex", "IndexMismatchError", "build_faiss_index",
+    "IndexReport", "dataset_gallery", "index_folder", "search_texts",
+    "Hit", "QueryResult", "render_grid_png", "render_html", "results_to_json",
+]
