@@ -388,3 +388,37 @@ def test_grid_frames_correct_and_wrong_hits(tmp_path):
     assert tuple(corners[0]) == (40, 170, 40)
     assert tuple(corners[1]) == (40, 40, 220)
     assert tuple(corners[2]) not in {(40, 170, 40), (40, 40, 220)}
+
+
+def test_search_top10_rate_equals_the_evaluators_rank10_on_the_synthetic_world(tmp_path):
+    """Queries made from the synthetic world's test captions find their person in the top 10
+    as often as the evaluator's Rank-10 says, for the same checkpoint."""
+    import torch
+    from fastreid.data.datasets import DATASET_REGISTRY
+    from fastreid.modeling.meta_arch import build_model
+
+    from unipt_plugin.engine import UniPTTrainer, setup_cfg
+    from unipt_plugin.search.encoder import SearchEncoder, load_model
+    from unipt_plugin.search.pipeline import dataset_gallery, search_texts
+    from unipt_plugin.synthetic import generate_world
+    from unipt_plugin.utils import atomic_torch_save
+
+    data = tmp_path / "world"
+    generate_world(str(data), num_labeled_ids=40, images_per_id=2, num_pool_images=0, size=(64, 32),
+                   seed=1, show_progress=False)
+    cfg = setup_cfg("configs/Tiny/t2i.yml", ["DATASETS.ROOT", str(data), "MODEL.HEADS.NUM_CLASSES", "0"])
+    torch.manual_seed(0)
+    ckpt = tmp_path / "model.pth"
+    atomic_torch_save({"model": build_model(cfg).state_dict()}, ckpt)
+
+    model = load_model(cfg, str(ckpt))
+    rank10 = UniPTTrainer.test(cfg, model)["Rank-10"]
+
+    encoder = SearchEncoder(model, cfg)
+    gallery = dataset_gallery(encoder, cfg, "CUHKPEDES")
+    dataset = DATASET_REGISTRY.get("CUHKPEDES")(root=str(data), cfg=cfg)
+    pid_of = {str(p): int(pid) for p, pid, *_ in dataset.gallery}
+    results = search_texts(encoder, gallery, [c for c, _ in dataset.query], topk=10)
+    found = [any(pid_of[h.path] == int(pid) for h in r.hits) for r, (_, pid) in zip(results, dataset.query)]
+    assert len(found) == len(dataset.query) > 0
+    assert 100.0 * sum(found) / len(found) == pytest.approx(rank10, abs=1e-6)
