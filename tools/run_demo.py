@@ -66,13 +66,12 @@ def run(cmd: list[str], log_path: str) -> None:
 
 
 def final_metrics(output_dir: str) -> dict[str, float]:
-    """The last evaluation written to fast-reid's metrics.json of a run."""
-    from unipt_plugin.utils.plots import read_metrics
+    """The run's last evaluation (``eval_results.json``, written by UniPTTrainer.test)."""
+    import json
 
-    evals = [r for r in read_metrics(os.path.join(output_dir, "metrics.json")) if "Rank-1" in r]
-    if not evals:
-        raise RuntimeError(f"{output_dir}/metrics.json holds no evaluation")
-    return {k: float(evals[-1][k]) for k in METRICS}
+    with open(os.path.join(output_dir, "eval_results.json"), encoding="utf-8") as f:
+        results = json.load(f)
+    return {k: float(results[k]) for k in METRICS}
 
 
 def main(argv=None) -> int:

@@ -8,14 +8,17 @@ that loads safely. Training loop, hooks, logging, checkpoint periods, evaluation
 from __future__ import annotations
 
 import logging
+import os
 from collections import OrderedDict
 from typing import Any
 
 from fastreid.engine import DefaultTrainer, hooks
+from fastreid.utils import comm
 from fastreid.utils.events import CommonMetricPrinter
 
 from ..data import build_t2i_test_loader, build_t2i_train_loader
 from ..evaluation import TextToImageEvaluator
+from ..utils.io import atomic_write_json
 from ..solver import build_unipt_lr_scheduler, build_unipt_optimizer
 from .checkpoint import UniPTCheckpointer
 from .hooks import IterLRScheduler, MetricPrinter, PeriodicCheckpointer
@@ -39,6 +42,15 @@ class UniPTTrainer(DefaultTrainer):
     def build_evaluator(cls, cfg, dataset_name: str, output_dir: str | None = None):
         data_loader, num_query = cls.build_test_loader(cfg, dataset_name)
         return data_loader, TextToImageEvaluator(cfg, num_query, output_dir)
+
+    @classmethod
+    def test(cls, cfg, model):
+        """fast-reid's evaluation, plus the results written to ``OUTPUT_DIR/eval_results.json``
+        (fast-reid's metrics.json skips the evaluation run at the last iteration)."""
+        results = super().test(cfg, model)
+        if comm.is_main_process() and cfg.OUTPUT_DIR and results:
+            atomic_write_json(os.path.join(cfg.OUTPUT_DIR, "eval_results.json"), results, indent=2)
+        return results
 
     @classmethod
     def build_optimizer(cls, cfg, model):

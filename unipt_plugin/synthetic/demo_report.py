@@ -88,7 +88,7 @@ def write_report(report_dir: str, results: Mapping[str, Mapping[int, Mapping[str
             with open(path, encoding="utf-8") as f:
                 parts += [f.read().strip(), ""]
     if elapsed_s is not None:
-        parts.append(f"Total time: {elapsed_s / 60:.1f} min.")
+        parts.append(f"Time of this invocation: {elapsed_s / 60:.1f} min (stages whose outputs already existed were skipped).")
     md = "\n".join(parts) + "\n"
     atomic_write_text(os.path.join(report_dir, "README.md"), md)
     return md
