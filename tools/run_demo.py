@@ -32,9 +32,9 @@ METRICS = ("Rank-1", "Rank-5", "Rank-10", "mAP", "mINP")
 # World sizes: "default" is the README demo; "tiny" is for the test suite.
 SCALES = {
     "default": dict(ids=240, images_per_id=4, pool=2000, height=128, width=64,
-                    clip_epochs=8, pretrain_epochs=5, finetune_epochs=10),
+                    clip_epochs=8, pretrain_epochs=5, finetune_epochs=10, batch_pretrain=64, batch_finetune=32),
     "tiny": dict(ids=12, images_per_id=2, pool=48, height=64, width=32,
-                 clip_epochs=1, pretrain_epochs=1, finetune_epochs=1),
+                 clip_epochs=1, pretrain_epochs=1, finetune_epochs=1, batch_pretrain=16, batch_finetune=8),
 }
 
 
@@ -114,10 +114,12 @@ def main(argv=None) -> int:
         out = os.path.join(work, f"seed{seed}", name)
         if not os.path.exists(os.path.join(out, "model_final.pth")):
             epochs = sc["pretrain_epochs"] if "pretrain" in config else sc["finetune_epochs"]
+            batch = sc["batch_pretrain"] if "pretrain" in config else sc["batch_finetune"]
             sched = [] if "pretrain" in config else ["SOLVER.STEPS", f"[{max(1, epochs * 3 // 4)}]",
                                                      "TEST.EVAL_PERIOD", str(epochs)]
             run([py, "tools/train_net.py", "--config-file", config, "DATASETS.ROOT", data, "OUTPUT_DIR", out,
                  "SEED", str(seed), "SOLVER.MAX_EPOCH", str(epochs), "SOLVER.CHECKPOINT_PERIOD", str(epochs),
+                 "SOLVER.IMS_PER_BATCH", str(batch),
                  *sched, "MODEL.DEVICE", "cpu", *opts], os.path.join(work, "logs", f"seed{seed}_{name}.log"))
         runs.setdefault(name, {})[seed] = out
         return out

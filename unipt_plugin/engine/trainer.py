@@ -32,7 +32,12 @@ class UniPTTrainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg):
         logger.info("Prepare training set")
-        return build_t2i_train_loader(cfg)
+        loader = build_t2i_train_loader(cfg)
+        if len(loader.dataset) < cfg.SOLVER.IMS_PER_BATCH:
+            raise ValueError(f"the training set {cfg.DATASETS.NAMES} has {len(loader.dataset)} items, fewer than "
+                             f"SOLVER.IMS_PER_BATCH={cfg.SOLVER.IMS_PER_BATCH}: an epoch would have no iteration; "
+                             f"lower SOLVER.IMS_PER_BATCH")
+        return loader
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name: str):
