@@ -160,3 +160,75 @@ def test_image_to_text_swaps_roles():
     out = image_to_text(text, image, tp, ip, topk=TOPK, chunk_size=4)
     assert_same(out, brute_force(image, text, ip, tp))
     assert out != retrieval_metrics(text, image, tp, ip, topk=TOPK)
+
+
+def _chunk_inputs(q, g, qp, gp):
+    """(scores, pos_idx, valid) for _fast_ranks / _exact_key_ranks, every query kept."""
+    scores = q @ g.T
+    pos = [torch.nonzero(gp == p).squeeze(1) for p in qp.tolist()]
+    width = max(len(x) for x in pos)
+    pos_idx = torch.stack([torch.cat([x, x[-1:].repeat(width - len(x))]) for x in pos])
+    valid = torch.arange(width)[None, :] < torch.tensor([len(x) for x in pos])[:, None]
+    return scores, pos_idx, valid
+
+
+def _brute_ranks(scores, pos_idx, valid):
+    """Per row, the sorted 1-based ranks of the positives under the tie rule (stable sort)."""
+    out = []
+    for row, idx, ok in zip(scores.tolist(), pos_idx.tolist(), valid.tolist()):
+        order = sorted(range(len(row)), key=lambda j: -row[j])
+        rank_of = {j: r + 1 for r, j in enumerate(order)}
+        out.append(sorted(rank_of[j] for j, v in zip(idx, ok) if v))
+    return out
+
+
+def test_fast_path_alone_on_tie_free_rows():
+    gen = torch.Generator().manual_seed(11)
+    q, g = torch.randn(9, 8, generator=gen), torch.randn(60, 8, generator=gen)
+    qp = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3, 2])
+    gp = torch.cat([torch.tensor([0, 1, 2, 3]), torch.randint(0, 4, (56,), generator=gen)])
+    scores, pos_idx, valid = _chunk_inputs(q, g, qp, gp)
+    ranks, needs_exact = rm_module._fast_ranks(scores, pos_idx, valid)
+    assert not needs_exact.any()  # random floats: no exact ties, the fast path decides alone
+    expected = _brute_ranks(scores, pos_idx, valid)
+    for i, exp in enumerate(expected):
+        assert ranks[i, :len(exp)].tolist() == exp
+
+
+def test_fast_path_flags_every_row_with_a_tie():
+    # Row 0: another item equals a positive's score; row 1: two positives share a score;
+    # row 2: -0.0 and +0.0 (equal scores); row 3: adjacent floats (no tie, must not be flagged).
+    up = torch.nextafter(torch.tensor(0.25), torch.tensor(1.0)).item()
+    scores = torch.stack([
+        torch.tensor([0.9, 0.5, 0.25, 0.5, 0.1]),    # positives 1, 4; item 3 ties item 1
+        torch.tensor([0.9, 0.5, 0.25, 0.5, 0.1]),    # positives 1, 3 (same score)
+        torch.tensor([0.9, -0.0, 0.0, 0.3, 0.1]),    # positive 2 (+0.0) ties item 1 (-0.0)
+        torch.tensor([0.9, up, 0.25, 0.5, 0.1]),     # positive 2 at 0.25, item 1 just above
+    ])
+    pos_idx = torch.tensor([[1, 4], [1, 3], [2, 2], [2, 2]])
+    valid = torch.tensor([[True, True], [True, True], [True, False], [True, False]])
+    ranks, needs_exact = rm_module._fast_ranks(scores, pos_idx, valid)
+    assert needs_exact.tolist() == [True, True, True, False]
+    assert ranks[3, 0].item() == 4  # 0.9, 0.5 and next-float-above-0.25 are strictly higher
+    exact = rm_module._exact_key_ranks(scores.clone(), pos_idx, valid, 3, 5)
+    for i, exp in enumerate(_brute_ranks(scores, pos_idx, valid)):
+        assert exact[i, :len(exp)].tolist() == exp
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_chunk_mixing_tied_and_tie_free_rows(seed, path):
+    # Float features for most queries, plus gallery duplicates so that some rows have exact
+    # ties: the fast path settles the tie-free rows, the exact path the others.
+    gen = torch.Generator().manual_seed(200 + seed)
+    g = torch.randn(50, 6, generator=gen)
+    gp = torch.randint(0, 5, (50,), generator=gen)
+    gp[5], gp[6] = 0, 1
+    g[30], gp[30] = g[5], 0  # a duplicate positive of id 0: two positives with equal scores
+    g[31], gp[31] = g[6], 2  # a copy of an id-1 image under id 2: an item ties a positive
+    q = torch.randn(19, 6, generator=gen)
+    qp = torch.randint(0, 5, (19,), generator=gen)
+    scores, pos_idx, valid = _chunk_inputs(q, g, qp, gp)
+    _, needs_exact = rm_module._fast_ranks(scores, pos_idx, valid)
+    assert 0 < int(needs_exact.sum()) < len(qp)  # both paths are exercised
+    assert_same(retrieval_metrics(q, g, qp, gp, topk=TOPK, chunk_size=6),
+                brute_force(q, g, qp, gp))

@@ -17,14 +17,15 @@ score ``s`` at gallery index ``j`` is::
     #{items with score > s} + #{items with score == s and index < j} + 1
 
 How it is computed (no sort of the similarity matrix, memory O(chunk x G)): queries are scored
-``chunk_size`` at a time (``S = q_chunk @ g.T``). Every (score, index) pair is mapped to one
-64-bit integer key that grows with the score and, among equal scores, with decreasing index, so
-"ranks before" becomes "has a larger key" and every key of a row is distinct. Only items scoring
-at least the row's lowest positive score can rank before any positive (the candidates); their
-keys are located among the row's sorted positive keys with one ``torch.searchsorted`` and
-counted with ``torch.bincount``, which gives every positive's rank exactly. The cost is the matrix
-product plus O(chunk x G) passes, and shrinks with the number of candidates (few for a trained
-model, whose positives rank high).
+``chunk_size`` at a time (``S = q_chunk @ g.T``, float32). Fast path (:func:`_fast_ranks`): only
+items scoring at least the row's lowest positive (the candidates) can rank before a positive;
+they are located among the row's sorted positive scores (as order-preserving integer keys, each
+with the key of the next float up) by one ``torch.searchsorted`` and counted with one
+``torch.bincount``, giving ``#{score > t}`` and ``#{score == t}`` for every positive score ``t``.
+When only the positive itself scores ``t``, its rank is ``#{score > t} + 1``. Rows where an
+exact tie touches a positive (rare on real features) are recomputed by
+:func:`_exact_key_ranks`: every (score, index) pair becomes one 64-bit key that grows with the
+score and, among equal scores, with decreasing index, so the tie rule holds by construction.
 """
 from __future__ import annotations
 
@@ -66,7 +67,9 @@ def _check_inputs(query_feats: torch.Tensor, gallery_feats: torch.Tensor,
     if int(chunk_size) < 1:
         raise ValueError(f"chunk_size must be >= 1; got {chunk_size}")
     for name, feats in (("query_feats", query_feats), ("gallery_feats", gallery_feats)):
-        if feats.is_floating_point() and not bool(torch.isfinite(feats).all()):
+        # amax / amin propagate NaN and reach +-inf: no (N, D) temporary is made.
+        if feats.is_floating_point() and feats.numel() and not (
+                bool(torch.isfinite(feats.amax())) and bool(torch.isfinite(feats.amin()))):
             raise ValueError(f"{name} holds NaN or infinite values")
 
 
@@ -94,17 +97,18 @@ def _positive_lists(query_pids: torch.Tensor, gallery_pids: torch.Tensor):
     return order, start, count
 
 
-def _chunk_ranks(q: torch.Tensor, g_t: torch.Tensor, pos_idx: torch.Tensor,
-                 valid: torch.Tensor, idx_bits: int, num_gallery: int) -> torch.Tensor:
-    """1-based ranks of the positives of a chunk of queries.
+def _exact_key_ranks(scores: torch.Tensor, pos_idx: torch.Tensor,
+                     valid: torch.Tensor, idx_bits: int, num_gallery: int) -> torch.Tensor:
+    """1-based ranks of the positives of some queries, with 64-bit (score, index) keys.
 
-    q: (c, D); g_t: (D, G); pos_idx: (c, P) gallery indices of the positives (padded);
+    Handles every tie exactly; used for the rows the fast path cannot settle.
+    scores: (c, G) float32 (consumed: may be freed); pos_idx: (c, P) gallery indices of the
+    positives (padded);
     valid: (c, P) bool, False on padding (every row has at least one True).
     Returns (c, P) int64 ranks, ascending along P for the valid entries (best first), with
     padding moved to the end (value meaningless).
     """
     c, num_pos = pos_idx.shape
-    scores = torch.mm(q, g_t)  # (c, G)
     pos_scores = scores.gather(1, pos_idx)  # (c, P)
     lowest = torch.where(valid, pos_scores, torch.full_like(pos_scores, float("inf"))).amin(1)
 
@@ -151,6 +155,80 @@ def _chunk_ranks(q: torch.Tensor, g_t: torch.Tensor, pos_idx: torch.Tensor,
     npos = valid.sum(1)
     take = (npos[:, None] - 1 - torch.arange(num_pos)[None, :]) % num_pos
     return ranks_ascending_key.gather(1, take)
+
+# Bits of a score key (0 .. 2^32, the top value for "just above +inf") inside a (row, score) key.
+_ROW_SHIFT = 33
+_PAD_KEY = (1 << _ROW_SHIFT) - 1
+
+
+def _fast_ranks(scores: torch.Tensor, pos_idx: torch.Tensor, valid: torch.Tensor):
+    """Ranks of the positives of a chunk from score comparisons only (no gallery index).
+
+    scores: (c, G) float32; pos_idx: (c, P) gallery indices of the positives (padded);
+    valid: (c, P) bool, False on padding (every row has at least one True).
+
+    Each row's positive scores ``t_0 < ... < t_{n-1}`` become 2n boundaries ``key(t_k)`` and
+    ``key(t_k) + 1`` (key: order-preserving integer form of a float32, so ``key(t) + 1`` is
+    the key of the next float up). Only the candidates (items scoring at least the row's lowest
+    positive) are located among them, in one ``searchsorted`` over all rows' boundaries (row
+    id in the high bits), and counted with one ``bincount``: bucket ``2k + 1`` holds the items
+    scoring exactly ``t_k``, buckets above ``2k + 1`` those scoring more. When every
+    ``t_k`` is held by its positive alone, the rank is ``#{score > t_k} + 1`` and the tie rule
+    never applies; rows where some score equals a positive's score (another item, or two
+    positives with the same score) are flagged for :func:`_exact_key_ranks`.
+
+    Returns ``(ranks, needs_exact)``: (c, P) int64 ranks, ascending along P for the valid
+    entries with padding at the end (meaningless where ``needs_exact``), and (c,) bool.
+    """
+    c, num_pos = pos_idx.shape
+    num_gallery = scores.shape[1]
+    pos_scores = scores.gather(1, pos_idx)  # (c, P)
+    lowest = torch.where(valid, pos_scores, torch.full_like(pos_scores, float("inf"))).amin(1)
+    pos_keys = torch.where(valid, _score_keys(pos_scores), torch.full_like(pos_idx, _PAD_KEY))
+    pos_keys = torch.sort(pos_keys, dim=1).values  # ascending, padding last
+    npos = valid.sum(1)
+    valid_sorted = torch.arange(num_pos)[None, :] < npos[:, None]
+    duplicate = ((pos_keys[:, 1:] == pos_keys[:, :-1]) & valid_sorted[:, 1:]).any(1)
+
+    # Boundaries key(t_k), key(t_k) + 1 per row; cummax keeps rows with duplicates sorted
+    # (they are flagged anyway); padding stays at the row's top key.
+    bounds = torch.stack((pos_keys, (pos_keys + 1).clamp_(max=_PAD_KEY)), dim=2).view(c, 2 * num_pos)
+    bounds = torch.cummax(bounds, dim=1).values
+    row_ids = torch.arange(c, dtype=torch.int64)
+    bounds = (bounds | (row_ids[:, None] << _ROW_SHIFT)).view(-1)
+
+    # Candidates: the only items that can score at least some positive's score.
+    flat = torch.nonzero((scores >= lowest[:, None]).view(-1)).squeeze(1)
+    cand_keys = _score_keys(scores.view(-1)[flat])
+    rows = flat.div_(num_gallery, rounding_mode="floor")
+    cand_keys |= rows << _ROW_SHIFT
+    # Global position among all boundaries = row * 2P + local bucket; bin = row * (2P+1) + bucket.
+    bins = torch.searchsorted(bounds, cand_keys, right=True)
+    del cand_keys
+    bins += rows
+    hist = torch.bincount(bins, minlength=c * (2 * num_pos + 1)).view(c, 2 * num_pos + 1)
+    equal = hist[:, 1::2]  # (c, P): items scoring exactly t_k
+    above = hist.flip(1).cumsum(1).flip(1)[:, 2::2]  # (c, P): items scoring more than t_k
+    needs_exact = duplicate | ((equal != 1) & valid_sorted).any(1)
+    # Reverse so that the best positive comes first, padding last (as _exact_key_ranks).
+    take = (npos[:, None] - 1 - torch.arange(num_pos)[None, :]) % num_pos
+    return (above + 1).gather(1, take), needs_exact
+
+
+def _chunk_ranks(q: torch.Tensor, g_t: torch.Tensor, pos_idx: torch.Tensor,
+                 valid: torch.Tensor, idx_bits: int, num_gallery: int) -> torch.Tensor:
+    """1-based ranks of the positives of a chunk of queries (exact, tie rule included).
+
+    q: (c, D); g_t: (D, G); pos_idx, valid: (c, P) as in :func:`_fast_ranks`.
+    Returns (c, P) int64 ranks, ascending along P for the valid entries, padding at the end.
+    """
+    scores = torch.mm(q, g_t)  # (c, G)
+    ranks, needs_exact = _fast_ranks(scores, pos_idx, valid)
+    if bool(needs_exact.any()):
+        rows = torch.nonzero(needs_exact).squeeze(1)
+        ranks[rows] = _exact_key_ranks(scores[rows], pos_idx[rows], valid[rows], idx_bits,
+                                       num_gallery)
+    return ranks
 
 
 def retrieval_metrics(query_feats: torch.Tensor, gallery_feats: torch.Tensor,
