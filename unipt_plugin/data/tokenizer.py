@@ -22,6 +22,8 @@ token "!", which is therefore listed in ``special_ids`` (never masked, never a w
 """
 from __future__ import annotations
 
+import abc
+
 import importlib.util
 import logging
 import os
@@ -52,7 +54,7 @@ def default_vocab_dir() -> str:
     return folder
 
 
-class TextTokenizer:
+class TextTokenizer(abc.ABC):
     """Base class: pads/truncates token lists and builds the batch tensors.
 
     Subclasses set ``vocab_size``, ``pad_id``, ``cls_id`` (start token), ``sep_id`` (end token),
@@ -76,12 +78,13 @@ class TextTokenizer:
         self.num_truncated = 0
 
     # ------------------------------------------------------------------ subclass API
+    @abc.abstractmethod
     def _encode(self, texts: list[str]) -> list[list[int]]:
-        raise NotImplementedError
+        """Captions -> token ids with start/end tokens, not truncated."""
 
+    @abc.abstractmethod
     def word_start_mask(self, ids: torch.Tensor) -> torch.Tensor:
         """ids long (B, L) -> bool (B, L): True where a token begins a word (never on special tokens)."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------------ common
     def _prepare(self, texts: Sequence[str]) -> list[str]:
