@@ -12,7 +12,7 @@ from PIL import Image
 from raw_fixtures import make_cuhk_pedes, make_luperson_t, make_rstpreid
 from unipt_plugin.config import get_unipt_cfg
 from unipt_plugin.data import build_t2i_test_loader, build_t2i_train_loader
-from unipt_plugin.data.common import ModalityBatchSampler
+from unipt_plugin.data.common import ModalityBatchSampler, ResumableBatchSampler, sample_seed
 from unipt_plugin.data.transforms import ImageReadError, build_image_transform, read_image
 
 H, W = 32, 16
@@ -189,6 +189,63 @@ def test_worker_processes(root):
     a = next(iter(build_t2i_train_loader(cfg)))
     b = next(iter(build_t2i_train_loader(cfg)))
     assert torch.equal(a["images"], b["images"]) and torch.equal(a["text_ids"], b["text_ids"])
+
+
+def _batches(loader, n):
+    return [{k: v.clone() for k, v in b.items()} for b in itertools.islice(loader, n)]
+
+
+def _assert_same_batches(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for k in x:
+            assert torch.equal(x[k], y[k]), k
+
+
+@pytest.mark.parametrize("sampler", ["TrainingSampler", "NaiveIdentitySampler"])
+def test_loader_started_at_batch_k_continues_the_uninterrupted_stream(root, sampler):
+    # What --resume relies on: a loader told to start at batch k yields exactly batches k, k+1, ...
+    # of an uninterrupted loader: same indices, same captions, same random flips.
+    r, _ = root
+    cfg = _cfg(r, batch=4, flip_prob=0.5, sampler=sampler)
+    full = _batches(build_t2i_train_loader(cfg), 7)
+    resumed = build_t2i_train_loader(cfg)
+    resumed.batch_sampler.start_batch = 3
+    _assert_same_batches(_batches(resumed, 4), full[3:])
+
+
+def test_flips_follow_the_sample_position_not_the_worker(root):
+    # Augmentation draws come from each sample's own seed: 0 and 2 worker processes give the
+    # same batches, and the flips are a real mix (both flipped and unflipped samples).
+    r, _ = root
+    base = _batches(build_t2i_train_loader(_cfg(r, batch=4, flip_prob=0.5, workers=0)), 6)
+    multi = _batches(build_t2i_train_loader(_cfg(r, batch=4, flip_prob=0.5, workers=2)), 6)
+    _assert_same_batches(base, multi)
+    cfg = _cfg(r, batch=4, flip_prob=0.5)
+    items = build_t2i_train_loader(cfg).dataset.img_items
+    path_of_img = {img_id: p for p, _, _, img_id in items}
+    flipped = []
+    for b in base:
+        for img, img_id in zip(b["images"], b["img_ids"].tolist()):
+            ref = _unflipped(cfg, path_of_img[img_id])
+            assert torch.equal(img, ref) or torch.equal(img, ref.flip(-1))
+            flipped.append(not torch.equal(img, ref))
+    assert 0 < sum(flipped) < len(flipped)
+
+
+def test_resumable_batch_sampler_positions_and_seeds():
+    s = ResumableBatchSampler(range(10), batch_size=3, seed=7, rank=1)
+    batches = list(s)
+    assert [[i for i, _ in b] for b in batches] == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]  # last partial dropped
+    assert batches[1][2][1] == sample_seed(7, 1, 5)
+    assert sample_seed(7, 1, 5) == (7 << 43) | (1 << 31) | 5  # bit layout, by hand
+    s.start_batch = 2
+    assert list(s) == batches[2:]
+    seeds = {sample_seed(seed, rank, pos) for seed in (0, 1) for rank in (0, 3) for pos in (0, 1, 2 ** 20)}
+    assert len(seeds) == 12
+    with pytest.raises(ValueError, match="batch size"):
+        ResumableBatchSampler(range(4), batch_size=0, seed=0)
 
 
 def test_bad_loader_config(root):

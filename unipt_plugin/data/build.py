@@ -26,9 +26,10 @@ import torch
 from fastreid.data import samplers
 from fastreid.data.datasets import DATASET_REGISTRY
 from fastreid.utils import comm
-from torch.utils.data import BatchSampler, DataLoader
+from torch.utils.data import DataLoader
 
-from .common import IdentityView, ModalityBatchSampler, T2ITestSet, T2ITrainSet, TestCollator, TrainCollator
+from .common import (IdentityView, ModalityBatchSampler, ResumableBatchSampler, T2ITestSet, T2ITrainSet,
+                     TestCollator, TrainCollator)
 from .datasets.base import TextImageDataset
 from .tokenizer import build_tokenizer
 from .transforms import build_image_transform
@@ -94,7 +95,8 @@ def build_t2i_train_loader(cfg: Any) -> DataLoader:
     train_set = T2ITrainSet(items, build_image_transform(cfg, is_train=True), num_classes)
 
     mini_batch = _per_process(int(cfg.SOLVER.IMS_PER_BATCH), "SOLVER.IMS_PER_BATCH")
-    seed = int(cfg.SEED) if int(cfg.SEED) >= 0 else None
+    # SEED < 0: one random seed shared by every process (as fast-reid's samplers draw it)
+    seed = int(cfg.SEED) if int(cfg.SEED) >= 0 else comm.shared_random_seed()
     name = cfg.DATALOADER.SAMPLER_TRAIN
     logger.info("Using training sampler %s", name)
     if name == "TrainingSampler":
@@ -108,7 +110,7 @@ def build_t2i_train_loader(cfg: Any) -> DataLoader:
         sampler = cls(IdentityView(train_set.img_items), mini_batch, num_instance, seed=seed)
     else:
         raise ValueError(f"DATALOADER.SAMPLER_TRAIN = {name!r}: expected one of {list(_SAMPLERS)}")
-    batch_sampler = BatchSampler(sampler, mini_batch, drop_last=True)
+    batch_sampler = ResumableBatchSampler(sampler, mini_batch, seed=seed, rank=comm.get_rank())
 
     return DataLoader(
         train_set,

@@ -3,10 +3,17 @@
 Items come from ``unipt_plugin.data.datasets`` (see ``TextImageDataset``). Images are read and
 transformed in ``__getitem__``; captions are tokenised per batch in the collate function
 (one batched call of the tokenizer).
+
+Training randomness is a function of the sample's position in the training stream, not of the
+process that loads it: ``ResumableBatchSampler`` hands every index out with a seed derived from
+(run seed, rank, position), and ``T2ITrainSet`` draws that sample's augmentation from it. So the
+batches are the same for any DATALOADER.NUM_WORKERS, and a resumed run can start the stream at
+any batch and see exactly what an uninterrupted run would have seen.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -15,11 +22,16 @@ from torch.utils.data import Dataset, Sampler
 from .tokenizer import TextTokenizer
 from .transforms import read_image
 
-__all__ = ["T2ITrainSet", "T2ITestSet", "IdentityView", "TrainCollator", "TestCollator", "ModalityBatchSampler"]
+__all__ = ["T2ITrainSet", "T2ITestSet", "IdentityView", "TrainCollator", "TestCollator", "ModalityBatchSampler",
+           "ResumableBatchSampler", "sample_seed"]
 
 
 class T2ITrainSet(Dataset):
     """Training items ``(img_path, caption, pid, image_id)`` -> dicts for ``TrainCollator``.
+
+    Indexed by ``index`` or by ``(index, seed)`` (what ``ResumableBatchSampler`` yields): with a
+    seed, the image transform's random draws (the horizontal flip) come from torch's RNG seeded
+    with it, inside ``torch.random.fork_rng`` so that the process's own RNG is left untouched.
 
     Attributes:
         num_classes: number of training identities C (pids are 0..C-1); fast-reid's trainer
@@ -35,9 +47,17 @@ class T2ITrainSet(Dataset):
     def __len__(self) -> int:
         return len(self.img_items)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, seed = key if isinstance(key, tuple) else (key, None)
         path, caption, pid, image_id = self.img_items[index]
-        return {"image": self.transform(read_image(path)), "caption": caption, "target": pid, "img_id": image_id}
+        img = read_image(path)
+        if seed is None:
+            image = self.transform(img)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                image = self.transform(img)
+        return {"image": image, "caption": caption, "target": pid, "img_id": image_id}
 
 
 class IdentityView(Sequence):
@@ -153,3 +173,49 @@ class ModalityBatchSampler(Sampler):
 
     def __len__(self) -> int:
         return sum((len(r) + self.batch_size - 1) // self.batch_size for r in self.ranges)
+
+
+def sample_seed(seed: int, rank: int, position: int) -> int:
+    """The augmentation seed of the sample at ``position`` (0-based, counted over the whole
+    training stream of process ``rank``) of a run seeded with ``seed``: distinct for distinct
+    (seed, rank, position) with seed < 2**20, rank < 2**12, position < 2**31."""
+    return ((int(seed) % 2 ** 20) << 43) | ((int(rank) % 2 ** 12) << 31) | (int(position) % 2 ** 31)
+
+
+class ResumableBatchSampler(Sampler):
+    """Batches of ``(index, seed)`` from an infinite index sampler, startable at any batch.
+
+    Args:
+        sampler: an infinite iterable of dataset indices (fast-reid's ``TrainingSampler`` or
+            identity samplers; they restart their stream from their own seed on every
+            ``iter()``).
+        batch_size: indices per batch.
+        seed, rank: feed :func:`sample_seed` with the sample's stream position.
+
+    ``start_batch`` (default 0) skips that many batches of the stream when the next iterator
+    starts: the indices are drawn and discarded (cheap; no image is read), so the stream and
+    the seeds continue exactly where an uninterrupted run would be. The trainer sets it on
+    ``--resume`` to ``start_iter``.
+    """
+
+    def __init__(self, sampler: Iterable[int], batch_size: int, seed: int, rank: int = 0) -> None:
+        if batch_size < 1:
+            raise ValueError(f"training batch size must be >= 1, got {batch_size}")
+        self.sampler = sampler
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.rank = int(rank)
+        self.start_batch = 0
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        indices = iter(self.sampler)
+        skip = self.start_batch * self.batch_size
+        # consume() idiom: advance the stream without building the skipped batches
+        next(itertools.islice(indices, skip, skip), None)
+        position = skip
+        while True:
+            batch = list(itertools.islice(indices, self.batch_size))
+            if len(batch) < self.batch_size:
+                return  # a finite sampler ran out: drop the last, incomplete batch
+            yield [(int(i), sample_seed(self.seed, self.rank, position + j)) for j, i in enumerate(batch)]
+            position += self.batch_size
