@@ -162,6 +162,13 @@ def _str_list(value: Any, path: str, attr: str, what: str) -> tuple[str, ...]:
     return tuple(_squash(v) for v in value)
 
 
+def _text(value: Any, path: str, attr: str, what: str) -> str:
+    """A non-empty string field, or a VocabularyError naming it and its value."""
+    if not isinstance(value, str) or not value.strip():
+        raise _err(path, attr, f"{what} must be a non-empty string, got {value!r}")
+    return value
+
+
 def _prompts(templates: Sequence[str], prompt: str, path: str, attr: str) -> tuple[str, ...]:
     return tuple(_squash(t.replace("{}", prompt)) for t in templates)
 
@@ -174,14 +181,19 @@ def _explicit_classes(raw: Any, templates: Sequence[str], path: str, attr: str) 
         if not isinstance(c, Mapping) or not isinstance(c.get("id"), str) or not c["id"].strip():
             raise _err(path, attr, f"class #{i} needs a non-empty string 'id', got {c!r}")
         cid = c["id"]
-        phrase = c.get("phrase")
-        if not isinstance(phrase, str) or not phrase.strip():
-            raise _err(path, attr, f"class {cid!r} has an empty or missing 'phrase'")
-        prompt = c.get("prompt", phrase)
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise _err(path, attr, f"class {cid!r} has an empty 'prompt'")
+        if "phrase" not in c:
+            raise _err(path, attr, f"class {cid!r} has no 'phrase' (the sentence text; required)")
+        phrase = _text(c["phrase"], path, attr, f"class {cid!r} 'phrase'")
+        prompt = _text(c.get("prompt", phrase), path, attr, f"class {cid!r} 'prompt'")
         pronouns = c.get("pronouns") or {}
-        by_age = {str(k): _str_list(v, path, attr, f"class {cid!r} by_age[{k!r}]") for k, v in (c.get("by_age") or {}).items()}
+        if not isinstance(pronouns, Mapping) or not all(isinstance(v, str) for v in pronouns.values()):
+            raise _err(path, attr, f"class {cid!r} 'pronouns' must be a mapping like "
+                       f"{{subject: he, object: him, possessive: his}}, got {pronouns!r}")
+        raw_by_age = c.get("by_age") or {}
+        if not isinstance(raw_by_age, Mapping):
+            raise _err(path, attr, f"class {cid!r} 'by_age' must be a mapping from age class ids to lists of nouns, "
+                       f"got {raw_by_age!r}")
+        by_age = {str(k): _str_list(v, path, attr, f"class {cid!r} by_age[{k!r}]") for k, v in raw_by_age.items()}
         out.append(
             PhraseClass(
                 id=cid,
@@ -215,9 +227,11 @@ def _composed_classes(raw: Any, templates: Sequence[str], path: str, attr: str) 
             raise _err(path, attr, f"compose.colors[{k!r}] has no words")
     patterns = {}
     for k, v in factors["patterns"].items():
-        if not isinstance(v, Mapping) or not isinstance(v.get("phrase"), str):
+        if not isinstance(v, Mapping) or "phrase" not in v:
             raise _err(path, attr, f"compose.patterns[{k!r}] needs 'phrase' (and may have 'prompt', 'synonyms')")
-        patterns[k] = (v.get("prompt", v["phrase"]), v["phrase"], _str_list(v.get("synonyms"), path, attr, f"compose.patterns[{k!r}].synonyms"))
+        phrase = _text(v["phrase"], path, attr, f"compose.patterns[{k!r}].phrase")
+        prompt = _text(v.get("prompt", phrase), path, attr, f"compose.patterns[{k!r}].prompt")
+        patterns[k] = (prompt, phrase, _str_list(v.get("synonyms"), path, attr, f"compose.patterns[{k!r}].synonyms"))
     types = {}
     for k, v in factors["types"].items():
         if not isinstance(v, Mapping):
@@ -312,6 +326,12 @@ def load_vocabulary(path: str | os.PathLike | None = None) -> Vocabulary:
             raise _err(spath, name, f"required attribute is missing (required: {', '.join(REQUIRED_ATTRIBUTES)})")
         if not by_name[name].required:
             raise _err(spath, name, "must be declared 'required: true'")
+    age_ids = set(by_name["age"].class_ids)
+    for c in by_name["gender"].classes:
+        unknown = sorted(set(c.by_age) - age_ids)
+        if unknown:
+            raise _err(spath, "gender", f"class {c.id!r} by_age names {unknown}, which are not age class ids "
+                       f"(age classes: {sorted(age_ids)})")
     extra_required = [a.name for a in attrs if a.required and a.name not in REQUIRED_ATTRIBUTES]
     if extra_required:
         raise _err(spath, extra_required[0], f"only {REQUIRED_ATTRIBUTES} can be required (the sentence templates place "

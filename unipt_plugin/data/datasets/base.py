@@ -12,21 +12,31 @@ reads and validates everything; the results are plain lists:
   in the gallery.
 
 Errors are explicit: a missing root / folder / annotation file / image names the path and the
-expected layout; malformed JSON names the file, line and column; a bad entry names the file,
-the entry index and the field. Empty or whitespace-only captions are skipped and counted in one
-warning. An image listed twice in a split is one image (captions merged); listed twice with two
-different ids is an error.
+expected layout; an empty (0-byte) image file is refused at construction like a missing one;
+malformed JSON names the file, line and column (a UTF-8 byte-order mark is accepted); a bad
+entry names the file, the entry index, the field, its value and what was expected. Person ids
+must be non-negative integers (any gaps: training ids are relabelled to 0..C-1; a negative id
+such as -1, the "junk / distractor" label of other ReID formats, is refused rather than turned
+into one identity). Empty or whitespace-only captions are skipped and counted in one warning.
+Image paths are compared after ``os.path.normpath`` ("a/./b.png" and "a/b.png" are one file).
+An image listed twice in a split is one image (captions merged; a caption repeated verbatim for
+the same image is kept once, counted in one warning); listed twice with two different ids is an
+error. An image listed in both the training and the test split is kept in both, with a warning
+(train/test overlap).
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import stat
 from collections import OrderedDict
 from typing import Any
 
 from tabulate import tabulate
 from termcolor import colored
+
+from ..transforms import ImageReadError
 
 __all__ = ["TextImageDataset", "DatasetFormatError", "TrainItem", "QueryItem", "GalleryItem"]
 
@@ -37,6 +47,12 @@ QueryItem = tuple[str, int]  # (caption, raw pid)
 GalleryItem = tuple[str, int, int]  # (img_path, raw pid, image_id)
 
 _MAX_LISTED = 5
+
+
+def _listed(indices: list[int]) -> str:
+    """"[3, 8, 12]" or, beyond _MAX_LISTED, "[3, 8, 12, 20, 31, ...]"."""
+    shown = ", ".join(str(i) for i in indices[:_MAX_LISTED])
+    return f"[{shown}{', ...' if len(indices) > _MAX_LISTED else ''}]"
 
 
 class DatasetFormatError(ValueError):
@@ -114,6 +130,9 @@ class TextImageDataset:
                 raise DatasetFormatError(
                     f"{self.name}: split {split!r} of {self.annotation_path} has no images "
                     f"(images per split found: {found}); expected entries like {self.example_entry}")
+        self.num_split_overlap = 0
+        if len(used) == 2 and used[0] != used[1]:
+            self._warn_split_overlap(splits[used[0]], splits[used[1]], used[0], used[1])
         if verify_images:
             self._verify_images([img.path for s in used for img in splits[s].values()])
 
@@ -150,7 +169,7 @@ class TextImageDataset:
     def _load_json(self) -> list:
         path = self.annotation_path
         try:
-            with open(path, "r", encoding="utf-8") as f:
+            with open(path, "r", encoding="utf-8-sig") as f:  # a byte-order mark is not an error
                 data = json.load(f)
         except json.JSONDecodeError as e:
             raise DatasetFormatError(f"{self.name}: malformed JSON in {path} at line {e.lineno}, column {e.colno}: "
@@ -180,6 +199,8 @@ class TextImageDataset:
         splits: dict[str, OrderedDict[str, _Image]] = {}
         num_empty = 0
         empty_entries: list[int] = []
+        num_repeated = 0
+        repeated_entries: list[int] = []
         for index, entry in enumerate(entries):
             if not isinstance(entry, dict):
                 raise DatasetFormatError(f"{self.name}: entry {index} of {self.annotation_path} is a "
@@ -202,7 +223,11 @@ class TextImageDataset:
                 pid = self._field(entry, index, self.id_key)
                 if isinstance(pid, bool) or not isinstance(pid, int):
                     raise self._bad(index, self.id_key, pid, "an integer person id")
-            path = os.path.join(self.image_dir, rel)
+                if pid < 0:
+                    raise self._bad(index, self.id_key, pid,
+                                    "a non-negative integer person id (negative ids such as -1 mark junk / "
+                                    "distractor images in other ReID formats; this format has none)")
+            path = os.path.join(self.image_dir, os.path.normpath(rel))
             images = splits.setdefault(split, OrderedDict())
             img = images.get(path)
             if img is None:
@@ -215,27 +240,65 @@ class TextImageDataset:
                 if not isinstance(caption, str):
                     raise self._bad(index, f"captions[{c_index}]", caption, "a string")
                 caption = caption.strip()
-                if caption:
-                    img.captions.append(caption)
-                else:
+                if not caption:
                     num_empty += 1
-                    if len(empty_entries) < _MAX_LISTED:
+                    if index not in empty_entries[-1:]:
                         empty_entries.append(index)
+                elif caption in img.captions:
+                    num_repeated += 1
+                    if index not in repeated_entries[-1:]:
+                        repeated_entries.append(index)
+                else:
+                    img.captions.append(caption)
         if num_empty:
-            logger.warning("%s: skipped %d empty or whitespace-only caption(s) in %s (entries %s%s)",
-                           self.name, num_empty, self.annotation_path, empty_entries,
-                           ", ..." if num_empty > len(empty_entries) else "")
+            logger.warning("%s: skipped %d empty or whitespace-only caption(s) in %s (entries %s)",
+                           self.name, num_empty, self.annotation_path, _listed(empty_entries))
+        if num_repeated:
+            logger.warning("%s: skipped %d caption(s) repeated verbatim for the same image in %s (entries %s); "
+                           "each is kept once", self.name, num_repeated, self.annotation_path,
+                           _listed(repeated_entries))
         self.num_empty_captions = num_empty
+        self.num_repeated_captions = num_repeated
         return splits
 
+    def _warn_split_overlap(self, first: "OrderedDict[str, _Image]", second: "OrderedDict[str, _Image]",
+                            first_name: str, second_name: str) -> None:
+        """Log one warning when images are listed in both used splits (kept in both)."""
+        shared = [path for path in first if path in second]
+        self.num_split_overlap = len(shared)
+        if shared:
+            shown = ", ".join(repr(os.path.relpath(p, self.image_dir)) for p in shared[:_MAX_LISTED])
+            logger.warning("%s: %d image(s) of %s are listed in both split %r and split %r (e.g. %s%s); they are "
+                           "kept in both, so the test split overlaps the training data",
+                           self.name, len(shared), self.annotation_path, first_name, second_name, shown,
+                           ", ..." if len(shared) > _MAX_LISTED else "")
+
     def _verify_images(self, paths: list[str]) -> None:
-        missing = [p for p in paths if not os.path.isfile(p)]
+        """Refuse missing images (FileNotFoundError) and empty 0-byte files (ImageReadError), naming them."""
+        missing: list[str] = []
+        empty: list[str] = []
+        for p in paths:
+            try:
+                st = os.stat(p)
+            except OSError:
+                missing.append(p)
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                missing.append(p)
+            elif st.st_size == 0:
+                empty.append(p)
         if missing:
             shown = "\n".join(f"    {p}" for p in missing[:_MAX_LISTED])
             raise FileNotFoundError(
                 f"{self.name}: {len(missing)} of the {len(paths)} images listed in {self.annotation_path} "
                 f"(field {self.path_key!r}) are missing under {self.image_dir}, e.g.:\n{shown}\n"
                 f"expected layout:\n{self.expected_layout()}")
+        if empty:
+            shown = "\n".join(f"    {p}" for p in empty[:_MAX_LISTED])
+            raise ImageReadError(
+                f"{self.name}: {len(empty)} of the {len(paths)} images listed in {self.annotation_path} "
+                f"(field {self.path_key!r}) are empty files (0 bytes), e.g.:\n{shown}\n"
+                "expected a decodable image file (JPEG, PNG, ...) at each path")
 
     # ------------------------------------------------------------------ items
     def _build_train(self, images: "OrderedDict[str, _Image]") -> tuple[list[TrainItem], int, int]:
