@@ -1,12 +1,14 @@
-"""fast-reid's Checkpointer with safe loading and a clear verdict on foreign weight files."""
+"""fast-reid's Checkpointer with safe loading, atomic writes, the RNG state, and a clear
+verdict on foreign weight files."""
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from fastreid.utils.checkpoint import Checkpointer
 
-from ..utils.io import load_weights_file
+from ..utils.io import atomic_torch_save, atomic_write_text, load_weights_file
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +22,29 @@ class UniPTCheckpointer(Checkpointer):
     * ``_load_model`` logs how many of the model's tensors were matched and raises a
       ``ValueError`` naming the file when none was: a weights file for another architecture must
       not silently leave the model at its random initialisation.
+    * ``save`` writes the file and the ``last_checkpoint`` tag atomically (a kill during a save
+      leaves the previous checkpoint and tag intact) and adds ``rng_states`` under ``"rng"``:
+      one entry per process, set by ``RNGStateHook`` just before the periodic save.
     """
+
+    rng_states: list[dict] | None = None
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        data.update({key: obj.state_dict() for key, obj in self.checkpointables.items()})
+        if self.rng_states is not None:
+            data["rng"] = self.rng_states
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        path = os.path.join(self.save_dir, basename)
+        self.logger.info("Saving checkpoint to %s", path)
+        atomic_torch_save(data, path)
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        atomic_write_text(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename)
 
     def _load_file(self, f: str) -> dict:
         self._current_file = f

@@ -5,7 +5,10 @@ import logging
 
 from fastreid.engine import hooks
 from fastreid.engine.hooks import HookBase
+from fastreid.utils import comm
 from fastreid.utils.events import CommonMetricPrinter, get_event_storage
+
+from .rng import capture_rng_state
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +32,21 @@ class IterLRScheduler(HookBase):
         lr = self._optimizer.param_groups[self._group]["lr"]
         self.trainer.storage.put_scalar("lr", lr, smoothing_hint=False)
         self._scheduler.step()
+
+
+class RNGStateHook(HookBase):
+    """At the end of every epoch, gathers the RNG state of every process (after evaluation,
+    before the checkpoint) and hands it to the main process's checkpointer, so that a run
+    resumed from that checkpoint draws the same numbers as an uninterrupted one. Runs on every
+    process (the gather is collective); fast-reid's checkpoint hook runs on the main one only."""
+
+    def __init__(self, checkpointer) -> None:
+        self._checkpointer = checkpointer
+
+    def after_epoch(self) -> None:
+        states = comm.all_gather(capture_rng_state(self.trainer.model))
+        if comm.is_main_process():
+            self._checkpointer.rng_states = states
 
 
 class PeriodicCheckpointer(hooks.PeriodicCheckpointer):

@@ -1,9 +1,11 @@
 """``UniPTTrainer``: fast-reid's DefaultTrainer with the plugin's builders.
 
 Only the seams that must change are overridden: the text-image loaders, the text-to-image
-evaluator, the per-module optimiser groups, the per-iteration scheduler and a checkpointer
-that loads safely. Training loop, hooks, logging, checkpoint periods, evaluation period,
-``--resume`` and DistributedDataParallel all stay fast-reid's.
+evaluator, the per-module optimiser groups, the per-iteration scheduler, a checkpointer that
+loads safely and writes atomically, and ``resume_or_load``, which also puts back the RNG state
+and the position in the data stream so that ``--resume`` continues exactly (docs/determinism.md).
+Training loop, hooks, logging, checkpoint periods, evaluation period and
+DistributedDataParallel all stay fast-reid's.
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ from ..evaluation import TextToImageEvaluator
 from ..utils.io import atomic_write_json
 from ..solver import build_unipt_lr_scheduler, build_unipt_optimizer
 from .checkpoint import UniPTCheckpointer
-from .hooks import IterLRScheduler, MetricPrinter, PeriodicCheckpointer
+from .hooks import IterLRScheduler, MetricPrinter, PeriodicCheckpointer, RNGStateHook
+from .rng import restore_rng_state
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +60,30 @@ class UniPTTrainer(DefaultTrainer):
             atomic_write_json(os.path.join(cfg.OUTPUT_DIR, "eval_results.json"), results, indent=2)
         return results
 
+    def resume_or_load(self, resume: bool = True) -> None:
+        """fast-reid's: with ``resume`` and a ``last_checkpoint`` in OUTPUT_DIR, load it with the
+        optimiser and schedulers and continue at the next epoch; else load MODEL.WEIGHTS (model
+        only). On resume, also restore this process's RNG state and start the training stream
+        at the first batch of that epoch, so the run continues as if never interrupted."""
+        checkpoint = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        if not (resume and self.checkpointer.has_checkpoint()):
+            return
+        self.start_epoch = checkpoint.get("epoch", -1) + 1
+        start_iter = self.start_epoch * self.iters_per_epoch
+        self.data_loader.batch_sampler.start_batch = start_iter
+        self._trainer._data_loader_iter = iter(self.data_loader)  # the stream restarts at start_iter
+        states = checkpoint.get("rng")
+        rank, world = comm.get_rank(), comm.get_world_size()
+        if states is not None and len(states) == world:
+            restore_rng_state(states[rank], self.model)
+            logger.info("Resumed at epoch %d (iteration %d) with the checkpoint's RNG state",
+                        self.start_epoch, start_iter)
+        else:
+            logger.warning("Resumed at epoch %d (iteration %d) without RNG state (%s): the run continues, but "
+                           "its random draws differ from an uninterrupted run", self.start_epoch, start_iter,
+                           "none in the checkpoint" if states is None
+                           else f"saved by {len(states)} processes, this run has {world}")
+
     @classmethod
     def build_optimizer(cls, cfg, model):
         return build_unipt_optimizer(cfg, model)
@@ -77,6 +104,9 @@ class UniPTTrainer(DefaultTrainer):
             old.model, old.save_dir, save_to_disk=old.save_to_disk, **old.checkpointables
         )
         ret = super().build_hooks()
+        # RNG states are gathered on every process after evaluation and before the checkpoint.
+        at = next((i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicCheckpointer)), len(ret))
+        ret.insert(at, RNGStateHook(self.checkpointer))
         if "iter_sched" in self.scheduler:
             ret = [IterLRScheduler(self.optimizer, self.scheduler["iter_sched"])
                    if isinstance(h, hooks.LRScheduler) else h for h in ret]
