@@ -1,14 +1,17 @@
-"""Pieces both meta-architectures share: image normalisation, device moves, pooling, seeds."""
+"""Pieces both meta-architectures share: image normalisation, device moves, pooling, seeds,
+the finite-loss check."""
 from __future__ import annotations
 
 from typing import Mapping
 
 import torch
+from fastreid.utils.events import get_event_storage
 from torch import nn
 
 from ..losses import distributed_world
 
-__all__ = ["ImageNormalizer", "masked_max_pool", "seeded_generator", "to_device"]
+__all__ = ["ImageNormalizer", "NonFiniteLossError", "check_finite_losses", "masked_max_pool", "seeded_generator",
+           "to_device"]
 
 
 class ImageNormalizer(nn.Module):
@@ -47,3 +50,34 @@ def seeded_generator(seed: int, offset: int = 0) -> torch.Generator | None:
         return None
     rank = distributed_world()[0]
     return torch.Generator().manual_seed(int(seed) + int(offset) + 1000 * rank)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training loss term is NaN or infinite; the message names the iteration and the term."""
+
+
+def check_finite_losses(losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``losses`` unchanged when every term is finite; else raises :class:`NonFiniteLossError`
+    naming the iteration (from fast-reid's event storage) and the non-finite terms.
+
+    Called by the meta-architectures before they return their losses, i.e. before backward and
+    the optimiser step: the weights and the checkpoints already written stay as they were.
+    One host-device synchronisation per step (fast-reid's loss logging makes one anyway).
+    """
+    if not losses:
+        return losses
+    values = torch.stack([v.detach().float().reshape(()) for v in losses.values()]).cpu()
+    finite = torch.isfinite(values)
+    if bool(finite.all()):
+        return losses
+    try:
+        where = f"at iteration {get_event_storage().iter}"
+    except AssertionError:  # not inside fast-reid's training loop
+        where = "outside a training loop"
+    bad = [k for k, ok in zip(losses, finite.tolist()) if not ok]
+    table = ", ".join(f"{k} = {v:.6g}" for k, v in zip(losses, values.tolist()))
+    raise NonFiniteLossError(
+        f"non-finite loss {where}: {', '.join(bad)} ({table}). Training stopped before this step's "
+        f"optimiser update, so the weights and the checkpoints already in OUTPUT_DIR are intact. "
+        f"Lower the learning rate (SOLVER.BASE_LR / VISUAL_LR / TEXT_LR) or check the data, then continue "
+        f"from the last checkpoint with --resume.")

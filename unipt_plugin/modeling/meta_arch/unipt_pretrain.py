@@ -20,7 +20,7 @@ from torch import nn
 
 from ..losses import contrastive_loss, mask_tokens, mlm_loss
 from ..text_encoders import build_text_encoder
-from .common import ImageNormalizer, masked_max_pool, seeded_generator, to_device
+from .common import ImageNormalizer, check_finite_losses, masked_max_pool, seeded_generator, to_device
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ class UniPTPretrain(nn.Module):
         losses = {"loss_con": contrastive_loss(img, txt, self.logit_scale(), gather=self.gather_negatives)}
         if self.mlm_head is not None:
             losses["loss_mlm"] = self.mlm_weight * self._mlm(batch["text_ids"], batch["text_mask"])
-        return losses
+        return check_finite_losses(losses)
 
     def _mlm(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mask on the CPU (the loader's tensors) with the seeded generator, then a text-only

@@ -27,7 +27,7 @@ from ..losses import (PartClassifiers, SharedClassifier, identity_loss, part_ide
                       ranking_loss)
 from ..pgu import PGU
 from ..text_encoders import build_text_encoder
-from .common import ImageNormalizer, masked_max_pool, seeded_generator, to_device
+from .common import ImageNormalizer, check_finite_losses, masked_max_pool, seeded_generator, to_device
 
 logger = logging.getLogger(__name__)
 
@@ -146,4 +146,4 @@ class UniPTT2I(nn.Module):
                 self.part_classifiers(parts_img), self.part_classifiers(parts_txt), targets)
             losses["loss_pgu_rank"] = self.pgu_weight * ranking_loss(
                 feat_img, feat_txt, targets, self.margin, self.rank_generator, self.hardest_fallback)
-        return losses
+        return check_finite_losses(losses)
