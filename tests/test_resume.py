@@ -113,9 +113,12 @@ def test_nan_loss_stops_naming_iteration_and_term_and_keeps_the_checkpoint(data,
                           _weights(os.path.join(uninterrupted["t2i"], "model_0000.pth")))
 
 
-def test_same_seed_same_weights_with_or_without_loader_workers(data, uninterrupted, tmp_path):
+def test_same_seed_same_weights_with_loader_workers_and_deterministic_kernels(data, uninterrupted, tmp_path):
+    # CPU training is deterministic as it is: 2 loader processes instead of 0, and torch's
+    # deterministic-kernel mode (DETERMINISTIC True), change no bit of the result.
     config, extra = RUNS["pretrain"]
     out = str(tmp_path / "workers")
-    _train(TRAIN_NET, config, out, data, *extra, "DATALOADER.NUM_WORKERS", "2")
+    proc = _train(TRAIN_NET, config, out, data, *extra, "DATALOADER.NUM_WORKERS", "2", "DETERMINISTIC", "True")
+    assert "DETERMINISTIC: deterministic kernels on" in proc.stdout + proc.stderr
     _assert_bit_identical(_weights(os.path.join(out, "model_final.pth")),
                           _weights(os.path.join(uninterrupted["pretrain"], "model_final.pth")))

@@ -173,6 +173,10 @@ def add_unipt_config(cfg: CN) -> CN:
     _C.SOLVER.WARMUP_RATIO = 0.1
     # Seed of every random generator (data order, init, masking); < 0 = random.
     _C.SEED = 0
+    # Deterministic kernels on the GPU (torch.use_deterministic_algorithms, cuDNN deterministic,
+    # CUBLAS_WORKSPACE_CONFIG): slower, and an op without a deterministic version raises. The
+    # CPU is deterministic without it (docs/determinism.md).
+    _C.DETERMINISTIC = False
 
     # ------------------------------------------------------------------ evaluation
     _C.TEST.T2I = CN()

@@ -51,8 +51,9 @@ def setup_cfg(config_file: str = "", opts: Sequence[str] = (), freeze: bool = Tr
 
 def default_setup(cfg: CfgNode, args) -> None:
     """fast-reid's ``default_setup`` (output folder, logs, config dump), plus the plugin's logger
-    writing to the same console and ``log.txt``, and every generator seeded with ``cfg.SEED``
-    (offset by the process rank) when it is >= 0 (fast-reid seeds randomly)."""
+    writing to the same console and ``log.txt``, every generator seeded with ``cfg.SEED``
+    (offset by the process rank) when it is >= 0 (fast-reid seeds randomly), and
+    deterministic kernels when ``cfg.DETERMINISTIC``."""
     from fastreid.engine import default_setup as fastreid_default_setup
     from fastreid.utils import comm
     from fastreid.utils.env import seed_all_rng
@@ -62,3 +63,16 @@ def default_setup(cfg: CfgNode, args) -> None:
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="unipt_plugin")
     if cfg.SEED >= 0:
         seed_all_rng(cfg.SEED + comm.get_rank())
+    if cfg.DETERMINISTIC:
+        use_deterministic_kernels()
+
+
+def use_deterministic_kernels() -> None:
+    """Ask torch for deterministic kernels everywhere (must run before the first CUDA matmul:
+    cuBLAS reads CUBLAS_WORKSPACE_CONFIG when its handle is created)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True)
+    logger.info("DETERMINISTIC: deterministic kernels on (CUBLAS_WORKSPACE_CONFIG=%s)",
+                os.environ["CUBLAS_WORKSPACE_CONFIG"])

@@ -100,8 +100,11 @@ class UniPTTrainer(DefaultTrainer):
         # DefaultTrainer.__init__ builds its Checkpointer just before calling build_hooks; swap in
         # the safe one here so that every hook and resume_or_load use it.
         old = self.checkpointer
+        checkpointables = dict(old.checkpointables)
+        if self.grad_scaler is not None:  # AMP: the loss scale continues on resume too
+            checkpointables["grad_scaler"] = self.grad_scaler
         self.checkpointer = UniPTCheckpointer(
-            old.model, old.save_dir, save_to_disk=old.save_to_disk, **old.checkpointables
+            old.model, old.save_dir, save_to_disk=old.save_to_disk, **checkpointables
         )
         ret = super().build_hooks()
         # RNG states are gathered on every process after evaluation and before the checkpoint.
