@@ -484,6 +484,22 @@ def test_config_file_wrong_type_or_unknown_key(tmp_path, text, pattern):
         setup_cfg(str(path))
 
 
+@pytest.mark.parametrize("text,pattern", [
+    ("SOLVER:\n  BASE_LR: [1e-4\n", r"(?s) is not valid YAML: .*line 2"),
+    ("", r": expected a mapping of config keys .* got an empty file"),
+    ("- SOLVER\n- MODEL\n", r": expected a mapping of config keys .* got a list"),
+    ("_BASE_: missing-base.yml\n", r"config file not found: .*missing-base\.yml \(named by _BASE_ in .*bad\.yml\)"),
+], ids=["yaml_syntax", "empty", "top_level_list", "missing_base"])
+def test_config_file_not_a_yaml_mapping(tmp_path, text, pattern):
+    from unipt_plugin.engine.defaults import ConfigError, setup_cfg
+
+    path = tmp_path / "bad.yml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=pattern) as info:
+        setup_cfg(str(path))
+    assert str(path) in str(info.value)
+
+
 @pytest.mark.parametrize("opts,pattern", [
     (["SOLVER.IMS_PER_BATCH", "abc"], r"with values \(64 vs. abc\) for config key: SOLVER.IMS_PER_BATCH"),
     (["MODEL.T2I.NOT_A_KEY", "1"], r"Non-existent key: MODEL.T2I.NOT_A_KEY"),
@@ -563,6 +579,20 @@ def test_weights_file_for_another_architecture(tmp_path):
         UniPTCheckpointer(model).load(str(path))
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # nothing half-loaded
+
+
+@pytest.mark.parametrize("content,pattern", [
+    (b"", r"empty file \(0 bytes\); expected a checkpoint written by torch\.save"),
+    (b'{"model": "not a pickle"}', r"not a PyTorch checkpoint \(it does not unpickle"),
+], ids=["zero_bytes", "json_text"])
+def test_weights_file_that_is_not_a_checkpoint(tmp_path, content, pattern):
+    from unipt_plugin.utils.io import UnsafeCheckpointError, load_weights_file
+
+    path = tmp_path / "model_final.pth"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=re.escape(str(path)) + ": " + pattern) as info:
+        load_weights_file(path)
+    assert not isinstance(info.value, UnsafeCheckpointError)
 
 
 # ---------------------------------------------------------------------- atomic output

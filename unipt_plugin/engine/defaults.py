@@ -6,6 +6,7 @@ import os
 from typing import Sequence
 
 import torch
+import yaml
 from fastreid.config import CfgNode
 
 from ..config import get_unipt_cfg
@@ -26,8 +27,7 @@ def setup_cfg(config_file: str = "", opts: Sequence[str] = (), freeze: bool = Tr
     """
     cfg = get_unipt_cfg()
     if config_file:
-        if not os.path.isfile(config_file):
-            raise ConfigError(f"config file not found: {config_file}")
+        check_config_file(config_file)
         try:
             cfg.merge_from_file(config_file)
         except (KeyError, ValueError, TypeError, AssertionError) as e:
@@ -47,6 +47,31 @@ def setup_cfg(config_file: str = "", opts: Sequence[str] = (), freeze: bool = Tr
     if freeze:
         cfg.freeze()
     return cfg
+
+
+def check_config_file(path: str, named_by: str = "") -> None:
+    """Refuse, with a ``ConfigError`` naming the file, a config file (or a file of its
+    ``_BASE_`` chain) that is missing, not YAML, empty or not a mapping of keys at the top
+    level, before yacs reads it (whose errors for these cases do not name the file)."""
+    where = f" (named by _BASE_ in {named_by})" if named_by else ""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}{where}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}{where} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        got = "an empty file" if data is None else f"a {type(data).__name__}"
+        raise ConfigError(f"{path}{where}: expected a mapping of config keys at the top level "
+                          f"(lines of KEY: value, as in configs/Base-UniPT-T2I.yml), got {got}")
+    base = data.get("_BASE_")
+    if base:
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: _BASE_ must be a file path, got {base!r}")
+        if not base.startswith(("/", "https://", "http://")):  # fast-reid resolves it like this
+            base = os.path.join(os.path.dirname(path), base)
+        check_config_file(base, named_by=path)
 
 
 def default_setup(cfg: CfgNode, args) -> None:

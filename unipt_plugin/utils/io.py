@@ -86,10 +86,13 @@ def load_weights_file(path: str | os.PathLike, map_location: str | torch.device 
         FileNotFoundError: the file does not exist (the message names it).
         UnsafeCheckpointError: the file carries pickled objects other than tensors and plain
             containers (the message names the file and the fix).
+        ValueError: the file is empty or not a checkpoint at all (e.g. JSON text).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: empty file (0 bytes); expected a checkpoint written by torch.save, or .safetensors")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -102,6 +105,10 @@ def load_weights_file(path: str | os.PathLike, map_location: str | torch.device 
             return torch.jit.load(str(path), map_location=map_location).state_dict()
         raise
     except Exception as e:  # pickle.UnpicklingError and friends
+        if "Weights only load failed" in str(e) and "Unsupported global" not in str(e):
+            # the unpickler stopped at an opcode no checkpoint contains: not a pickle at all
+            raise ValueError(f"{path}: not a PyTorch checkpoint (it does not unpickle: "
+                             f"{type(e).__name__}); expected a file written by torch.save, or .safetensors") from e
         if "weights_only" in str(e) or "Unsupported global" in str(e) or "Weights only load failed" in str(e):
             raise UnsafeCheckpointError(
                 f"{path}: refused to load; the file contains pickled Python objects beyond "
