@@ -82,11 +82,13 @@ def plot_metric_bars(results: Mapping[str, Mapping[str, float]], metrics: Sequen
         ys = [results[run][k] for k in metrics]
         yerr = [errors[run][k] for k in metrics] if errors else None
         bars = ax.bar(xs, ys, width, yerr=yerr, capsize=3, label=run)
-        for b, y in zip(bars, ys):
-            ax.annotate(f"{y:.1f}", (b.get_x() + b.get_width() / 2, y), ha="center", va="bottom", fontsize=7)
+        for b, y, e in zip(bars, ys, yerr or [0.0] * len(ys)):  # the label sits above the error bar
+            ax.annotate(f"{y:.1f}", (b.get_x() + b.get_width() / 2, y + e), xytext=(0, 1),
+                        textcoords="offset points", ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(len(metrics)), list(metrics))
     ax.set_ylabel("%")
-    ax.set_ylim(0, 100)
+    ax.set_ylim(0, 105)  # room for the value labels of bars near 100
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    # below the axes, so that it never hides a bar or its label
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
     _save(fig, out_png)
