@@ -522,6 +522,15 @@ def _vocab_file(tmp_path, edit) -> str:
     return str(path)
 
 
+def _assert_vocabulary_refused(tmp_path, edit, attr: str, message: str) -> None:
+    """The vocabulary edited by ``edit`` is refused with an error naming the file and attribute."""
+    from unipt_plugin.pseudo_text.vocabulary import VocabularyError, load_vocabulary
+
+    path = _vocab_file(tmp_path, edit)
+    with pytest.raises(VocabularyError, match=re.escape(f"vocabulary {path}: attribute {attr!r}: {message}")):
+        load_vocabulary(path)
+
+
 @pytest.mark.parametrize("edit,attr,message", [
     (lambda a: a.pop("age"), "age", "required attribute is missing (required: age, gender, upper_clothes, "
                                     "lower_clothes, action, hair_length)"),
@@ -532,11 +541,7 @@ def _vocab_file(tmp_path, edit) -> str:
      "optional attribute has no negative class"),
 ], ids=["no_age", "no_required_flag", "class_without_phrase", "gender_without_pronouns", "optional_without_none"])
 def test_vocabulary_missing_required_attribute(tmp_path, edit, attr, message):
-    from unipt_plugin.pseudo_text.vocabulary import VocabularyError, load_vocabulary
-
-    path = _vocab_file(tmp_path, edit)
-    with pytest.raises(VocabularyError, match=re.escape(f"vocabulary {path}: attribute {attr!r}: {message}")):
-        load_vocabulary(path)
+    _assert_vocabulary_refused(tmp_path, edit, attr, message)
 
 
 @pytest.mark.parametrize("edit,attr,message", [
@@ -552,11 +557,7 @@ def test_vocabulary_missing_required_attribute(tmp_path, edit, attr, message):
      "compose.patterns['pure'].prompt must be a non-empty string, got 5"),
 ], ids=["pronouns_str", "by_age_list", "by_age_unknown_age", "phrase_int", "pattern_prompt_int"])
 def test_vocabulary_field_of_the_wrong_type(tmp_path, edit, attr, message):
-    from unipt_plugin.pseudo_text.vocabulary import VocabularyError, load_vocabulary
-
-    path = _vocab_file(tmp_path, edit)
-    with pytest.raises(VocabularyError, match=re.escape(f"vocabulary {path}: attribute {attr!r}: {message}")):
-        load_vocabulary(path)
+    _assert_vocabulary_refused(tmp_path, edit, attr, message)
 
 
 # ---------------------------------------------------------------------- weights for another architecture
