@@ -13,7 +13,10 @@ distinct across datasets), batches of SOLVER.IMS_PER_BATCH // world_size:
 share of each modality (the evaluator gathers in rank order).
 
 Plain torch DataLoaders (fast-reid's ``DataLoaderX`` needs CUDA): pin_memory only when CUDA is
-available; workers are seeded from cfg.SEED (when >= 0) and the rank.
+available; workers are seeded from cfg.SEED (when >= 0) and the rank. Training batches come from
+a ``ResumableBatchSampler``: each sample's augmentation is drawn from its own seed (run seed,
+rank, stream position), so batches do not depend on the number of workers, and ``--resume``
+can start the stream at any batch (docs/determinism.md).
 """
 from __future__ import annotations
 
