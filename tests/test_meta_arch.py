@@ -244,3 +244,20 @@ def test_autocast_runs_and_losses_are_float32(arch):
     expected_norm = 1.0 if arch == "pretrain" else 2 ** 0.5
     assert torch.isfinite(feats).all()
     assert torch.allclose(feats.float().norm(dim=-1), torch.full((8,), expected_norm), atol=1e-2)
+
+
+def test_check_finite_losses_names_the_non_finite_terms():
+    from fastreid.utils.events import EventStorage
+
+    from unipt_plugin.modeling.meta_arch.common import NonFiniteLossError, check_finite_losses
+
+    ok = {"loss_con": torch.tensor(1.5), "loss_mlm": torch.tensor(2.0)}
+    assert check_finite_losses(ok) is ok
+    bad = {"loss_id": torch.tensor(0.5), "loss_rank": torch.tensor(float("nan")),
+           "loss_pgu_id": torch.tensor(float("inf"))}
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss outside a training loop: loss_rank, loss_pgu_id "
+                                                 r"\(loss_id = 0\.5, loss_rank = nan, loss_pgu_id = inf\)"):
+        check_finite_losses(bad)
+    with EventStorage(start_iter=17):
+        with pytest.raises(NonFiniteLossError, match=r"at iteration 17: loss_rank, loss_pgu_id"):
+            check_finite_losses(bad)
