@@ -4,9 +4,12 @@
     python tools/train_net.py --config-file configs/CUHK-PEDES/vit_base.yml [KEY VALUE ...]
     python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS path/to/model.pth
     python tools/train_net.py --config-file ... --resume          # continue in OUTPUT_DIR
-    python tools/train_net.py --config-file ... --num-gpus 8      # DistributedDataParallel
+    python tools/train_net.py --config-file ... --num-gpus 8      # one process per GPU (NCCL)
+    python tools/train_net.py --config-file ... --num-gpus 2 MODEL.DEVICE cpu   # 2 CPU processes (gloo)
 
-Same arguments as fast-reid's ``tools/train_net.py`` (``default_argument_parser``).
+Same arguments as fast-reid's ``tools/train_net.py`` (``default_argument_parser``), with
+``--dist-url`` defaulting to "auto". Exit codes: 0 done; 75 pre-empted (a checkpoint was saved:
+run the same command with ``--resume``); 2 a config error; 1 any other failure.
 """
 import os
 import sys
@@ -14,9 +17,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import unipt_plugin  # noqa: E402,F401  (compat shims + registration, before fastreid)
-from fastreid.engine import default_argument_parser, launch  # noqa: E402
-
-from unipt_plugin.engine import UniPTCheckpointer, UniPTTrainer, default_setup, setup_cfg  # noqa: E402
+from unipt_plugin.engine import (PREEMPTED_EXIT_CODE, ConfigError, OutputDirInUse, Preempted,  # noqa: E402
+                                 UniPTCheckpointer, UniPTTrainer, default_argument_parser, default_setup, launch,
+                                 setup_cfg)
 
 
 def setup(args):
@@ -37,17 +40,32 @@ def main(args):
 
     trainer = UniPTTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    try:
+        return trainer.train()
+    except Preempted:
+        sys.exit(PREEMPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    try:
+        # Read once here: the device picks the backend, and a bad config stops before any spawn.
+        cfg = setup_cfg(args.config_file, args.opts)
+    except ConfigError as e:
+        print(f"ConfigError: {e}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+            device=cfg.MODEL.DEVICE,
+            forward_signals=cfg.SOLVER.PREEMPT_SIGNALS,
+        )
+    except (ConfigError, OutputDirInUse) as e:
+        print(f"{type(e).__name__}: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -20,8 +20,17 @@ def add_unipt_config(cfg: CN) -> CN:
     # Pixel statistics on the 0-255 scale fast-reid uses: mean = std = 0.5 as in the paper.
     _C.MODEL.PIXEL_MEAN = [127.5, 127.5, 127.5]
     _C.MODEL.PIXEL_STD = [127.5, 127.5, 127.5]
-    # Device the model runs on; "cpu" by default so nothing assumes a GPU.
+    # Device the model runs on: "cpu" (default, so nothing assumes a GPU), "cuda" (an error
+    # naming torch's CUDA build when CUDA is not usable; never a silent CPU run) or "auto"
+    # (CUDA when usable, else the CPU; the decision is written to log.txt).
     _C.MODEL.DEVICE = "cpu"
+    # Mixed precision (SOLVER.AMP.ENABLED, CUDA only; switched off on the CPU, logged): the
+    # autocast dtype, "float16" (with a GradScaler, saved in checkpoints) or "bfloat16" (no
+    # scaler needed). Losses and their similarity matrices are always computed in float32.
+    _C.SOLVER.AMP.DTYPE = "float16"
+    # TF32 tensor-core matmuls and convolutions for float32 work on CUDA
+    # (torch.set_float32_matmul_precision("high")); no effect on the CPU.
+    _C.TF32 = True
     # Height x width of training / test images (paper: 384x128).
     _C.INPUT.SIZE_TRAIN = [384, 128]
     _C.INPUT.SIZE_TEST = [384, 128]
@@ -42,6 +51,10 @@ def add_unipt_config(cfg: CN) -> CN:
     _C.DATASETS.LUPERSON_T = CN()
     _C.DATASETS.LUPERSON_T.ANNOTATION = "luperson_t.json"
     _C.DATASETS.LUPERSON_T.IMAGE_DIR = "imgs"
+    # How listed images are checked when a dataset is built: "full" (default: every listed
+    # image must exist, checked once per folder with os.scandir) or "lazy" (not checked; a
+    # missing image is an error naming the file when it is first read).
+    _C.DATASETS.VERIFY_IMAGES = "full"
 
     # ------------------------------------------------------------------ text input
     _C.INPUT.TEXT = CN()
@@ -54,6 +67,11 @@ def add_unipt_config(cfg: CN) -> CN:
     _C.INPUT.TEXT.MAX_LENGTH = 100
     # Lower-case captions before tokenising (bert-base-uncased and CLIP are uncased).
     _C.INPUT.TEXT.LOWER_CASE = True
+    # Caption padding: "longest" (to the longest caption of the batch, rounded up to a multiple
+    # of PAD_MULTIPLE; only allowed where the model masks padding, i.e. POOL_MASK_PADDING True)
+    # or "max_length" (always MAX_LENGTH tokens, as the authors' pre-training pools over padding).
+    _C.INPUT.TEXT.PADDING = "longest"
+    _C.INPUT.TEXT.PAD_MULTIPLE = 8
 
     # ------------------------------------------------------------------ visual backbone
     # fast-reid's MODEL.BACKBONE.NAME selects the builder in BACKBONE_REGISTRY:
@@ -77,6 +95,8 @@ def add_unipt_config(cfg: CN) -> CN:
     _C.MODEL.VISUAL.DEPTH = 0
     _C.MODEL.VISUAL.EMBED_DIM = 0
     _C.MODEL.VISUAL.NUM_HEADS = 0
+    # Activation (gradient) checkpointing of the transformer blocks: less memory, ~30% more compute.
+    _C.MODEL.VISUAL.GRAD_CHECKPOINTING = False
 
     # ------------------------------------------------------------------ text encoder
     _C.MODEL.TEXT = CN()
@@ -99,6 +119,10 @@ def add_unipt_config(cfg: CN) -> CN:
     _C.MODEL.TEXT.NUM_LAYERS = 2
     _C.MODEL.TEXT.NUM_HEADS = 2
     _C.MODEL.TEXT.INTERMEDIATE_SIZE = 512
+    # Activation (gradient) checkpointing of the text encoder's layers.
+    _C.MODEL.TEXT.GRAD_CHECKPOINTING = False
+    # torch.compile the visual and text encoders (CUDA; the first iterations are slow while it compiles).
+    _C.MODEL.COMPILE = False
 
     # ------------------------------------------------------------------ UniPT pre-training
     _C.MODEL.PRETRAIN = CN()
@@ -142,6 +166,10 @@ def add_unipt_config(cfg: CN) -> CN:
     _C.MODEL.T2I.PGU_WEIGHT = 1.0
     # Test-time score: "global", "pgu" or "sum" (sum of the two cosine similarities).
     _C.MODEL.T2I.TEST_SCORE = "sum"
+    # Rank with the embeddings of every process as candidates (with gradients), so that N
+    # processes x 64/N images see the negatives of the paper's single-GPU batch of 64.
+    # False = each process ranks within its own share of the batch.
+    _C.MODEL.T2I.GATHER_NEGATIVES = True
     # Init std of the shared identity classifier's weights.
     _C.MODEL.T2I.CLASSIFIER_STD = 0.001
 
@@ -171,6 +199,14 @@ def add_unipt_config(cfg: CN) -> CN:
     _C.SOLVER.DECAY_NORM_AND_BIAS = False
     # Fraction of all iterations used for linear warm-up when SOLVER.SCHED = "WarmupLinearLR".
     _C.SOLVER.WARMUP_RATIO = 0.1
+    # Gradient accumulation: each optimiser step sums the gradients of ACCUM_STEPS micro-batches
+    # of IMS_PER_BATCH // (world size x ACCUM_STEPS) images; the contrastive and ranking
+    # negatives stay within each micro-batch, so one GPU with 8 x 64 reproduces 8 GPUs x 64.
+    _C.SOLVER.ACCUM_STEPS = 1
+    # Pre-emption: on any of these signals the trainer finishes its iteration, saves
+    # OUTPUT_DIR/model_preempted.pth (with RNG state and data-stream position) and exits with
+    # code 75 (EX_TEMPFAIL); --resume continues from that iteration. SLURM warns with SIGUSR1.
+    _C.SOLVER.PREEMPT_SIGNALS = ["SIGTERM"]
     # Seed of every random generator (data order, init, masking); < 0 = random.
     _C.SEED = 0
     # Deterministic kernels on the GPU (torch.use_deterministic_algorithms, cuDNN deterministic,
@@ -186,6 +222,9 @@ def add_unipt_config(cfg: CN) -> CN:
     _C.TEST.T2I.CHUNK_SIZE = 1024
     # CMC ranks to report.
     _C.TEST.T2I.TOPK = [1, 5, 10]
+    # Extract test features under autocast (SOLVER.AMP.DTYPE) when SOLVER.AMP.ENABLED on CUDA.
+    _C.TEST.AMP = CN()
+    _C.TEST.AMP.ENABLED = True
 
     return cfg
 

@@ -43,7 +43,9 @@ def capture_rng_state(model: nn.Module) -> dict[str, Any]:
     version, internal, gauss = random.getstate()
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # this process's own GPU only (one per rank): a checkpoint resumes under any
+        # CUDA_VISIBLE_DEVICES layout
+        "cuda": [torch.cuda.get_rng_state()] if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
         "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
         "python": {"version": int(version), "internal": list(internal), "gauss": gauss},
@@ -55,12 +57,11 @@ def restore_rng_state(state: dict[str, Any], model: nn.Module) -> None:
     """Put back what :func:`capture_rng_state` returned. A generator of the model missing from
     ``state`` (a checkpoint of another configuration) keeps its state, with a warning."""
     torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
-        if len(state["cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(state["cuda"])
+    if state.get("cuda"):
+        if torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda"][0])  # the current device: this rank's GPU
         else:
-            logger.warning("checkpoint holds the CUDA RNG state of %d devices, this process sees %d: not restored",
-                           len(state["cuda"]), torch.cuda.device_count())
+            logger.warning("checkpoint holds a CUDA RNG state but this process has no CUDA: not restored")
     n = state["numpy"]
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
                          n["cached_gaussian"]))

@@ -1,36 +1,160 @@
 """``UniPTTrainer``: fast-reid's DefaultTrainer with the plugin's builders.
 
-Only the seams that must change are overridden: the text-image loaders, the text-to-image
-evaluator, the per-module optimiser groups, the per-iteration scheduler, a checkpointer that
-loads safely and writes atomically, and ``resume_or_load``, which also puts back the RNG state
-and the position in the data stream so that ``--resume`` continues exactly (docs/determinism.md).
-Training loop, hooks, logging, checkpoint periods, evaluation period and
-DistributedDataParallel all stay fast-reid's.
+The seams that change, each a method a subclass can override:
+
+* ``build_train_loader`` / ``build_test_loader`` / ``build_evaluator``: text-image loaders and
+  the text-to-image evaluator;
+* ``build_optimizer`` / ``build_lr_scheduler``: per-module groups, per-iteration schedule;
+* ``build_model``: fast-reid's, then ``MODEL.COMPILE`` is applied by the meta-architectures;
+* ``build_ddp_model``: DistributedDataParallel on CUDA (one device per process) and on the CPU
+  (gloo), with ``static_graph`` (fast-reid hard-codes ``device_ids`` and cannot run on the CPU);
+* ``build_step_trainer``: :class:`~unipt_plugin.engine.train_loop.UniPTStepTrainer` (``torch.amp``
+  float16 / bfloat16, gradient accumulation) instead of fast-reid's Simple/AMPTrainer;
+* ``build_checkpointer``: safe loading, atomic writes, RNG states (``UniPTCheckpointer``);
+* ``build_hooks``: fast-reid's, plus RNG capture, the per-iteration scheduler and pre-emption;
+* ``resume_or_load`` / ``train``: resume at any iteration (epoch ends and pre-emption
+  checkpoints) with the RNG state and the data-stream position, so ``--resume`` continues
+  exactly (docs/determinism.md);
+* ``test``: the plugin's inference loop (autocast per TEST.AMP.ENABLED, no per-batch device
+  synchronisation), results written to ``OUTPUT_DIR/eval_results.json``.
+
+Training loop, hooks, logging, checkpoint periods and evaluation period stay fast-reid's.
 """
 from __future__ import annotations
 
+import datetime
 import logging
 import os
+import time
 from collections import OrderedDict
 from typing import Any
 
+import torch
 from fastreid.engine import DefaultTrainer, hooks
+from fastreid.engine.train_loop import TrainerBase
+from fastreid.evaluation.testing import print_csv_format
 from fastreid.utils import comm
-from fastreid.utils.events import CommonMetricPrinter
+from fastreid.utils.events import CommonMetricPrinter, EventStorage
+from fastreid.utils.logger import setup_logger
+from torch.nn.parallel import DistributedDataParallel
 
 from ..data import build_t2i_test_loader, build_t2i_train_loader
 from ..evaluation import TextToImageEvaluator
-from ..utils.io import atomic_write_json
 from ..solver import build_unipt_lr_scheduler, build_unipt_optimizer
+from ..utils.io import atomic_write_json
 from .checkpoint import UniPTCheckpointer
 from .hooks import IterLRScheduler, MetricPrinter, PeriodicCheckpointer, RNGStateHook
+from .preemption import Preempted, PreemptionHook, parse_signals
 from .rng import restore_rng_state
+from .train_loop import UniPTStepTrainer, amp_dtype
 
 logger = logging.getLogger(__name__)
 
 
 class UniPTTrainer(DefaultTrainer):
     """Trains ``UniPTPretrain`` (pre-training) or ``UniPTT2I`` (fine-tuning) from a config."""
+
+    def __init__(self, cfg) -> None:
+        TrainerBase.__init__(self)
+        if not logging.getLogger("fastreid").isEnabledFor(logging.INFO):
+            setup_logger()
+        data_loader = self.build_train_loader(cfg)
+        cfg = self.auto_scale_hyperparams(cfg, data_loader.dataset.num_classes)
+        model = self.build_model(cfg)
+        optimizer, param_wrapper = self.build_optimizer(cfg, model)
+        if comm.get_world_size() > 1:
+            model = self.build_ddp_model(cfg, model)
+        self._trainer = self.build_step_trainer(cfg, model, data_loader, optimizer, param_wrapper)
+        self.iters_per_epoch = len(data_loader.dataset) // cfg.SOLVER.IMS_PER_BATCH
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer, self.iters_per_epoch)
+        self.checkpointer = self.build_checkpointer(cfg, model, optimizer, self.scheduler, self.grad_scaler)
+        self.start_epoch = 0
+        self.start_iter = 0
+        self.max_epoch = cfg.SOLVER.MAX_EPOCH
+        self.max_iter = self.max_epoch * self.iters_per_epoch
+        self.warmup_iters = cfg.SOLVER.WARMUP_ITERS
+        self.delay_epochs = cfg.SOLVER.DELAY_EPOCHS
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_ddp_model(cls, cfg, model: torch.nn.Module) -> DistributedDataParallel:
+        """DistributedDataParallel over the processes of the group: one GPU per process on CUDA
+        (``device_ids`` = this rank's GPU), the CPU with gloo. Buffers are constants (pixel
+        statistics, position ids), so they are not broadcast. ``static_graph``: every step runs
+        the same graph (modules that a config leaves without gradients are frozen by the
+        meta-architectures, so no parameter is unused), which also lets activation checkpointing
+        run under DDP."""
+        on_cuda = str(cfg.MODEL.DEVICE).startswith("cuda")
+        device_ids = [torch.cuda.current_device()] if on_cuda else None
+        unused = [n for n, p in model.named_parameters() if not p.requires_grad]
+        if unused:
+            logger.info("DDP: %d frozen parameter tensors are not synchronised (e.g. %s)", len(unused), unused[0])
+        return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False, static_graph=True)
+
+    @classmethod
+    def build_step_trainer(cls, cfg, model, data_loader, optimizer, param_wrapper) -> UniPTStepTrainer:
+        """The per-iteration step: torch.amp at SOLVER.AMP.DTYPE when SOLVER.AMP.ENABLED (CUDA only;
+        setup_cfg switches it off on the CPU), SOLVER.ACCUM_STEPS micro-batches per step."""
+        accum = int(cfg.SOLVER.ACCUM_STEPS)
+        per_process = int(cfg.SOLVER.IMS_PER_BATCH) // comm.get_world_size()
+        if per_process % accum:
+            raise ValueError(f"SOLVER.IMS_PER_BATCH = {cfg.SOLVER.IMS_PER_BATCH} over {comm.get_world_size()} "
+                             f"process(es) gives {per_process} per process, not a multiple of SOLVER.ACCUM_STEPS = "
+                             f"{accum}")
+        if accum > 1:
+            logger.info("Gradient accumulation: %d micro-batches of %d per optimiser step and process",
+                        accum, per_process // accum)
+        device_type = "cuda" if str(cfg.MODEL.DEVICE).startswith("cuda") else "cpu"
+        return UniPTStepTrainer(model, data_loader, optimizer, param_wrapper, device_type=device_type,
+                                amp=bool(cfg.SOLVER.AMP.ENABLED), dtype=amp_dtype(cfg.SOLVER.AMP.DTYPE),
+                                accum_steps=accum)
+
+    @classmethod
+    def build_checkpointer(cls, cfg, model, optimizer, scheduler: dict[str, Any], grad_scaler) -> UniPTCheckpointer:
+        """Checkpoints in OUTPUT_DIR (written by the main process) holding the model, optimiser,
+        schedulers and, under float16 AMP, the GradScaler (the loss scale continues on resume)."""
+        checkpointables = dict(optimizer=optimizer, **scheduler)
+        if grad_scaler is not None:
+            checkpointables["grad_scaler"] = grad_scaler
+        return UniPTCheckpointer(model, cfg.OUTPUT_DIR, save_to_disk=comm.is_main_process(), **checkpointables)
+
+    def train(self):
+        """fast-reid's epoch loop, able to start inside an epoch (``self.start_iter``, set by
+        ``resume_or_load``). A pre-emption (:class:`Preempted`) skips the end-of-training
+        evaluation and propagates after the hooks have closed their writers."""
+        ipe = self.iters_per_epoch
+        self.iter = self.start_iter
+        start_epoch = self.start_iter // ipe
+        logger.info("Starting training from epoch %d, iteration %d", start_epoch, self.start_iter)
+        preempted = False
+        with EventStorage(self.start_iter) as self.storage:
+            try:
+                self.before_train()
+                for self.epoch in range(start_epoch, self.max_epoch):
+                    self.before_epoch()
+                    first = self.start_iter - self.epoch * ipe if self.epoch == start_epoch else 0
+                    for _ in range(first, ipe):
+                        self.before_step()
+                        self.run_step()
+                        self.after_step()
+                        self.iter += 1
+                    self.after_epoch()
+            except Preempted as e:
+                preempted = True
+                logger.warning("%s", e)
+                raise
+            except Exception:
+                logger.exception("Exception during training:")
+                raise
+            finally:
+                self.storage.iter = self.iter
+                for h in self._hooks:
+                    if not (preempted and isinstance(h, hooks.EvalHook)):
+                        h.after_train()
+        if comm.is_main_process():
+            return getattr(self, "_last_eval_results", None)
+        return None
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -53,34 +177,48 @@ class UniPTTrainer(DefaultTrainer):
 
     @classmethod
     def test(cls, cfg, model):
-        """fast-reid's evaluation, plus the results written to ``OUTPUT_DIR/eval_results.json``
-        (fast-reid's metrics.json skips the evaluation run at the last iteration)."""
-        results = super().test(cfg, model)
+        """Evaluate ``model`` on every dataset of cfg.DATASETS.TESTS (every process takes part;
+        every process gets the results) and write them to ``OUTPUT_DIR/eval_results.json``."""
+        results = OrderedDict()
+        for dataset_name in cfg.DATASETS.TESTS:
+            logger.info("Prepare testing set")
+            data_loader, evaluator = cls.build_evaluator(cfg, dataset_name)
+            results_i = inference_on_dataset(model, data_loader, evaluator, autocast=_test_autocast(cfg))
+            results[dataset_name] = results_i
+            if comm.is_main_process() and results_i:
+                logger.info("Evaluation results for %s in csv format:", dataset_name)
+                print_csv_format(OrderedDict(results_i, dataset=dataset_name))
+        if len(results) == 1:
+            results = list(results.values())[0]
         if comm.is_main_process() and cfg.OUTPUT_DIR and results:
             atomic_write_json(os.path.join(cfg.OUTPUT_DIR, "eval_results.json"), results, indent=2)
         return results
 
     def resume_or_load(self, resume: bool = True) -> None:
         """fast-reid's: with ``resume`` and a ``last_checkpoint`` in OUTPUT_DIR, load it with the
-        optimiser and schedulers and continue at the next epoch; else load MODEL.WEIGHTS (model
-        only). On resume, also restore this process's RNG state and start the training stream
-        at the first batch of that epoch, so the run continues as if never interrupted."""
+        optimiser, schedulers and GradScaler and continue after its iteration (an epoch end, or
+        the iteration a pre-emption stopped at); else load MODEL.WEIGHTS (model only). On resume,
+        also restore this process's RNG state and start the training stream at that iteration,
+        so the run continues as if never interrupted."""
         checkpoint = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
         if not (resume and self.checkpointer.has_checkpoint()):
             return
-        self.start_epoch = checkpoint.get("epoch", -1) + 1
-        start_iter = self.start_epoch * self.iters_per_epoch
-        self.data_loader.batch_sampler.start_batch = start_iter
+        if "iteration" in checkpoint:
+            self.start_iter = int(checkpoint["iteration"]) + 1
+        else:
+            self.start_iter = (checkpoint.get("epoch", -1) + 1) * self.iters_per_epoch
+        self.start_epoch = self.start_iter // self.iters_per_epoch
+        self.data_loader.batch_sampler.start_batch = self.start_iter
         self._trainer._data_loader_iter = iter(self.data_loader)  # the stream restarts at start_iter
         states = checkpoint.get("rng")
         rank, world = comm.get_rank(), comm.get_world_size()
         if states is not None and len(states) == world:
             restore_rng_state(states[rank], self.model)
             logger.info("Resumed at epoch %d (iteration %d) with the checkpoint's RNG state",
-                        self.start_epoch, start_iter)
+                        self.start_epoch, self.start_iter)
         else:
             logger.warning("Resumed at epoch %d (iteration %d) without RNG state (%s): the run continues, but "
-                           "its random draws differ from an uninterrupted run", self.start_epoch, start_iter,
+                           "its random draws differ from an uninterrupted run", self.start_epoch, self.start_iter,
                            "none in the checkpoint" if states is None
                            else f"saved by {len(states)} processes, this run has {world}")
 
@@ -97,15 +235,6 @@ class UniPTTrainer(DefaultTrainer):
                 for w in super().build_writers()]
 
     def build_hooks(self) -> list:
-        # DefaultTrainer.__init__ builds its Checkpointer just before calling build_hooks; swap in
-        # the safe one here so that every hook and resume_or_load use it.
-        old = self.checkpointer
-        checkpointables = dict(old.checkpointables)
-        if self.grad_scaler is not None:  # AMP: the loss scale continues on resume too
-            checkpointables["grad_scaler"] = self.grad_scaler
-        self.checkpointer = UniPTCheckpointer(
-            old.model, old.save_dir, save_to_disk=old.save_to_disk, **checkpointables
-        )
         ret = super().build_hooks()
         # RNG states are gathered on every process after evaluation and before the checkpoint.
         at = next((i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicCheckpointer)), len(ret))
@@ -119,4 +248,46 @@ class UniPTTrainer(DefaultTrainer):
             self._last_eval_results = OrderedDict()
             ret = [PeriodicCheckpointer(h.checkpointer, h.period) if isinstance(h, hooks.PeriodicCheckpointer)
                    else h for h in ret if not isinstance(h, hooks.EvalHook)]
+        # Last: it acts after this iteration's scheduler step and writers.
+        ret.append(PreemptionHook(self.checkpointer, parse_signals(self.cfg.SOLVER.PREEMPT_SIGNALS)))
         return ret
+
+
+def _test_autocast(cfg) -> torch.dtype | None:
+    """The autocast dtype of test feature extraction: SOLVER.AMP.DTYPE when TEST.AMP.ENABLED and
+    SOLVER.AMP.ENABLED on CUDA, else None (float32)."""
+    if cfg.TEST.AMP.ENABLED and cfg.SOLVER.AMP.ENABLED and str(cfg.MODEL.DEVICE).startswith("cuda"):
+        return amp_dtype(cfg.SOLVER.AMP.DTYPE)
+    return None
+
+
+def inference_on_dataset(model: torch.nn.Module, data_loader, evaluator, autocast: torch.dtype | None = None):
+    """Run ``model`` in eval mode over ``data_loader`` and feed ``evaluator`` (fast-reid's loop,
+    without its per-batch ``torch.cuda.synchronize`` and test-time flip), optionally under
+    autocast at ``autocast``; progress is logged about every 30 s. Returns ``evaluator.evaluate()``."""
+    was_training = model.training
+    model.eval()
+    evaluator.reset()
+    total = len(data_loader)
+    device_type = "cuda" if any(p.is_cuda for p in model.parameters()) else "cpu"
+    start = last_log = time.perf_counter()
+    try:
+        with torch.no_grad():
+            for idx, inputs in enumerate(data_loader):
+                if autocast is not None:
+                    with torch.autocast(device_type=device_type, dtype=autocast):
+                        outputs = model(inputs)
+                    outputs = outputs.float()
+                else:
+                    outputs = model(inputs)
+                evaluator.process(inputs, outputs)
+                now = time.perf_counter()
+                if now - last_log > 30 and idx + 1 < total:
+                    eta = (now - start) / (idx + 1) * (total - idx - 1)
+                    logger.info("Inference done %d/%d batches. ETA=%s", idx + 1, total,
+                                datetime.timedelta(seconds=int(eta)))
+                    last_log = now
+        logger.info("Inference over %d batches: %.1f s", total, time.perf_counter() - start)
+        return evaluator.evaluate()
+    finally:
+        model.train(was_training)
