@@ -122,3 +122,41 @@ def test_same_seed_same_weights_with_loader_workers_and_deterministic_kernels(da
     assert "DETERMINISTIC: deterministic kernels on" in proc.stdout + proc.stderr
     _assert_bit_identical(_weights(os.path.join(out, "model_final.pth")),
                           _weights(os.path.join(uninterrupted["pretrain"], "model_final.pth")))
+
+
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_sigterm_mid_epoch_saves_exits_75_and_resume_is_bit_identical(name, data, uninterrupted, tmp_path):
+    config, extra = RUNS[name]
+    out = str(tmp_path / "run")
+    term_at = IPE[name]  # the first iteration of epoch 1 (of 2 or 4): not at an epoch end
+    stopped = _train(FAULTY, config, out, data, *extra, fault=f"term:{term_at}", check=False)
+    log = stopped.stdout + stopped.stderr
+    assert stopped.returncode == 75, log[-3000:]
+    assert f"pre-empted by SIGTERM after iteration {term_at}" in log
+    assert _last_checkpoint(out) == "model_preempted.pth"
+    assert not os.path.exists(os.path.join(out, "model_final.pth"))
+
+    resumed = _train(TRAIN_NET, config, out, data, *extra, resume=True)
+    log = resumed.stdout + resumed.stderr
+    assert "Resumed at epoch 1 (iteration %d) with the checkpoint's RNG state" % (term_at + 1) in log, log[-3000:]
+    full = uninterrupted[name]
+    _assert_bit_identical(_weights(os.path.join(out, "model_final.pth")),
+                          _weights(os.path.join(full, "model_final.pth")))
+
+
+def test_sigterm_in_the_last_iteration_of_an_epoch_keeps_the_epoch_end_work(data, uninterrupted, tmp_path):
+    # Stopping after an epoch's last iteration must not lose that epoch's evaluation, epoch LR
+    # step and checkpoint: the resumed run starts the next epoch and ends identical.
+    config, extra = RUNS["t2i"]
+    out = str(tmp_path / "run")
+    term_at = 2 * IPE["t2i"] - 1
+    stopped = _train(FAULTY, config, out, data, *extra, fault=f"term:{term_at}", check=False)
+    assert stopped.returncode == 75, (stopped.stdout + stopped.stderr)[-3000:]
+    assert os.path.exists(os.path.join(out, "model_0001.pth"))  # epoch 1's own checkpoint was written
+    resumed = _train(TRAIN_NET, config, out, data, *extra, resume=True)
+    assert "Resumed at epoch 2 (iteration %d)" % (2 * IPE["t2i"]) in resumed.stdout + resumed.stderr
+    _assert_bit_identical(_weights(os.path.join(out, "model_final.pth")),
+                          _weights(os.path.join(uninterrupted["t2i"], "model_final.pth")))
+    with open(os.path.join(out, "eval_results.json")) as f, \
+            open(os.path.join(uninterrupted["t2i"], "eval_results.json")) as g:
+        assert json.load(f) == json.load(g)

@@ -8,7 +8,7 @@
     python tools/generate_pseudo_texts.py --list images.txt --image-root /data/LUPerson/images \
         --output out/annotations.json --weights /models/ViT-B-16.pt --shard 3 --num-shards 16
     python tools/generate_pseudo_texts.py --list images.txt --output out/annotations.json --merge --report-dir out/report
-    # 8 GPUs: one process per GPU through fastreid.engine.launch; process r of W runs shard
+    # 8 GPUs: one process per GPU through unipt_plugin.engine.launch; process r of W runs shard
     # shard*W + r of num_shards*W, and the merge runs at the end when --num-shards is 1
     python tools/generate_pseudo_texts.py --images ... --output ... --weights ... --num-gpus 8
 
@@ -39,9 +39,9 @@ if __name__ == "__main__":
     if world <= 1 or args.merge:
         main(sys.argv[1:])
     else:
-        from fastreid.engine import launch
+        from unipt_plugin.engine import launch
 
         launch(_worker, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-               dist_url=args.dist_url, args=(args,))
+               dist_url=args.dist_url, args=(args,), device=args.device)
         if args.num_shards == 1 and args.machine_rank == 0 and args.num_machines == 1:
             run_merge(args)

@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merge", action="store_true", help="only merge finished shards (and write the report)")
     p.add_argument("--report-dir", default="", help="write report.md/json and PNG charts here after the merge")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
-    p.add_argument("--num-gpus", type=int, default=1, help="processes per machine, one per GPU, via fastreid.engine.launch")
+    p.add_argument("--num-gpus", type=int, default=1, help="processes per machine, one per GPU (or CPU processes with --device cpu), via unipt_plugin.engine.launch")
     p.add_argument("--num-machines", type=int, default=1)
     p.add_argument("--machine-rank", type=int, default=0)
     p.add_argument("--dist-url", default="auto")
