@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from unipt_plugin.modeling.losses import (IGNORE_INDEX, PartClassifiers, SharedClassifier,
                                           contrastive_loss, identity_loss, mask_tokens, mlm_loss,
@@ -141,6 +142,88 @@ def test_mlm_loss_is_mean_ce_over_predicted_positions():
     assert mlm_loss(logits, labels).item() == pytest.approx(expected.item(), abs=1e-6)
     none = mlm_loss(logits.requires_grad_(), torch.full((2, 3), IGNORE_INDEX))
     assert none.item() == 0.0 and none.requires_grad
+
+
+class _SyncRecorder(TorchDispatchMode):
+    """Names of the ops run inside it that make the host wait for the device: reading a value
+    (item / bool: _local_scalar_dense, is_nonzero) or a data-dependent shape (nonzero, as boolean
+    indexing does)."""
+
+    SYNCING = ("aten._local_scalar_dense", "aten.is_nonzero", "aten.nonzero", "aten.masked_select")
+
+    def __init__(self):
+        super().__init__()
+        self.syncs = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func).startswith(self.SYNCING):
+            self.syncs.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_mlm_loss_equals_cross_entropy_bit_for_bit_and_makes_no_sync():
+    g = torch.Generator().manual_seed(4)
+    for b, l, v, drop in [(2, 3, 7, 0.5), (4, 9, 50, 0.85), (1, 1, 5, 0.0), (3, 40, 300, 0.97)]:
+        logits = (torch.randn(b, l, v, generator=g) * 3).requires_grad_()
+        labels = torch.randint(0, v, (b, l), generator=g)
+        labels[torch.rand(b, l, generator=g) < drop] = IGNORE_INDEX
+        labels[0, 0] = 1  # at least one prediction
+        with _SyncRecorder() as rec:
+            ours = mlm_loss(logits, labels)
+        assert rec.syncs == []
+        ours.backward()
+        ours_grad = logits.grad.clone()
+        logits.grad = None
+        ref = F.cross_entropy(logits.reshape(-1, v), labels.reshape(-1), ignore_index=IGNORE_INDEX)
+        ref.backward()
+        assert torch.equal(ours, ref) and torch.equal(ours_grad, logits.grad)
+    # nothing predicted: 0, differentiable (zero gradient), for full and for empty logits
+    for logits in (torch.randn(2, 3, 7).requires_grad_(), torch.randn(0, 7).requires_grad_()):
+        labels = torch.full(logits.shape[:-1], IGNORE_INDEX)
+        none = mlm_loss(logits, labels)
+        assert none.item() == 0.0 and none.requires_grad and none.dtype == torch.float32
+        none.backward()
+        assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def _reference_mask_tokens(ids, mask, specials, vocab, mask_id, prob, mask_p, rand_p, starts, g):
+    """The masking algorithm written out (draw order: selection, 80/10/10 split, random ids)."""
+    b, l = ids.shape
+    candidate = (mask == 1) & ~torch.isin(ids, torch.tensor(specials))
+    if starts is None:
+        selected = (torch.rand(b, l, generator=g) < prob) & candidate
+    else:
+        words = torch.rand(b, l + 1, generator=g) < prob
+        selected = torch.gather(words, 1, torch.cumsum(starts.long(), 1)) & candidate
+    u = torch.rand(b, l, generator=g)
+    allowed = torch.tensor([i for i in range(vocab) if i not in specials])
+    pick = (torch.rand(b, l, generator=g) * len(allowed)).long().clamp(max=len(allowed) - 1)
+    out, labels = ids.clone(), torch.full_like(ids, IGNORE_INDEX)
+    for i in range(b):
+        for j in range(l):
+            if selected[i, j]:
+                labels[i, j] = ids[i, j]
+                if u[i, j] < mask_p:
+                    out[i, j] = mask_id
+                elif u[i, j] < mask_p + rand_p:
+                    out[i, j] = allowed[pick[i, j]]
+    return out, labels
+
+
+@pytest.mark.parametrize("whole_word", [False, True])
+def test_masking_draws_are_the_documented_ones_and_make_no_sync(whole_word):
+    ids, mask = _batch(6, 16, 12, seed=2)
+    starts = (ids % 3 != 0) if whole_word else None
+    args = (ids, mask, SPECIALS, VOCAB, MASK_ID)
+    mask_tokens(*args, prob=0.4, word_start_mask=starts)  # first call per vocabulary builds its id tables
+    with _SyncRecorder() as rec:
+        masked, labels = mask_tokens(*args, prob=0.4, word_start_mask=starts,
+                                     generator=torch.Generator().manual_seed(11))
+    assert rec.syncs == []
+    exp_masked, exp_labels = _reference_mask_tokens(ids, mask, SPECIALS, VOCAB, MASK_ID, 0.4, 0.8, 0.1, starts,
+                                                    torch.Generator().manual_seed(11))
+    assert (labels != IGNORE_INDEX).sum() > 10
+    assert torch.equal(masked, exp_masked) and torch.equal(labels, exp_labels)
 
 
 # ---------------------------------------------------------------- ranking

@@ -261,3 +261,78 @@ def test_check_finite_losses_names_the_non_finite_terms():
     with EventStorage(start_iter=17):
         with pytest.raises(NonFiniteLossError, match=r"at iteration 17: loss_rank, loss_pgu_id"):
             check_finite_losses(bad)
+
+
+# ---------------------------------------------------------------- random generators, gathering
+def test_generators_on_the_cpu_are_seeded_as_before_and_checkpointed():
+    from unipt_plugin.engine.rng import _module_generators
+
+    pre, t2i = _pretrain(), _t2i()
+    for gen, offset in ((pre.mask_generator, 1), (t2i.rank_generator, 2)):
+        assert gen.device == torch.device("cpu")
+        # cfg.SEED (0) + offset + 1000 * rank (0): the state of a fresh CPU generator so seeded
+        assert torch.equal(gen.get_state(), torch.Generator().manual_seed(offset).get_state())
+    assert any(g is pre.mask_generator for g in _module_generators(pre).values())
+    assert any(g is t2i.rank_generator for g in _module_generators(t2i).values())
+    assert _pretrain(**{"SEED": -1}).mask_generator is None  # seed < 0: torch's global RNG
+
+
+def test_mlm_masks_on_the_cpu_are_the_seeded_draws(monkeypatch):
+    from unipt_plugin.modeling.losses import mask_tokens
+    from unipt_plugin.modeling.meta_arch import unipt_pretrain
+
+    seen = []
+
+    def spy(*args, **kwargs):
+        out = mask_tokens(*args, **kwargs)
+        seen.append(out)
+        return out
+
+    monkeypatch.setattr(unipt_pretrain, "mask_tokens", spy)
+    model, batch = _pretrain().train(), _batch()
+    model(batch)
+    model(batch)
+    # independent: the same masking of the loader's CPU ids with a CPU generator seeded SEED + 1,
+    # whole-word starts from the tokenizer, two steps in a row
+    g = torch.Generator().manual_seed(1)
+    for masked, labels in seen:
+        exp = mask_tokens(batch["text_ids"], batch["text_mask"], SPECIALS, VOCAB, 3, prob=0.3,
+                          word_start_mask=StandInTokenizer.word_start_mask(batch["text_ids"]), generator=g)
+        assert torch.equal(masked, exp[0]) and torch.equal(labels, exp[1])
+    assert len(seen) == 2 and not torch.equal(seen[0][1], seen[1][1])
+
+
+def test_model_device_names():
+    from unipt_plugin.modeling.meta_arch.common import model_device
+
+    assert model_device(None) == model_device("cpu") == torch.device("cpu")
+    if torch.cuda.is_available():
+        current = torch.device("cuda", torch.cuda.current_device())
+        assert model_device("cuda") == model_device("auto") == current
+        assert model_device("cuda:0") == torch.device("cuda", 0)
+    else:
+        assert model_device("auto") == torch.device("cpu")
+        assert model_device("cuda") == torch.device("cpu")  # buildable (with a warning), e.g. to inspect
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_generators_on_cuda_and_a_training_step_there():
+    from unipt_plugin.engine.rng import _module_generators
+
+    for build in (_pretrain, _t2i):
+        model = build(**{"MODEL.DEVICE": "cuda"}).cuda().train()
+        gens = list(_module_generators(model).values())
+        assert len(gens) == 1 and gens[0].device == torch.device("cuda", torch.cuda.current_device())
+        losses = model(_batch())
+        sum(losses.values()).backward()
+        assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_t2i_gathering_in_one_process_is_the_local_loss():
+    # W = 1: GATHER_NEGATIVES changes nothing, bit for bit
+    batch = _batch()
+    on, off = _t2i().train(), _t2i(**{"MODEL.T2I.GATHER_NEGATIVES": False}).train()
+    assert on.gather_negatives and not off.gather_negatives
+    l_on, l_off = on(batch), off(batch)
+    assert l_on.keys() == l_off.keys()
+    assert all(torch.equal(l_on[k], l_off[k]) for k in l_on)

@@ -89,3 +89,31 @@ def test_other_schedules_delegate_to_fastreid():
     assert isinstance(sched["lr_sched"], torch.optim.lr_scheduler.MultiStepLR)
     with pytest.raises(ValueError, match="MAX_EPOCH"):
         build_unipt_lr_scheduler(_cfg(), opt, iters_per_epoch=0)
+
+
+@pytest.mark.parametrize("opt_name", ["Adam", "AdamW"])
+def test_cpu_parameters_keep_the_default_implementation(opt_name):
+    # CPU parameters: neither fused nor an explicit for-each choice, exactly as before (torch's
+    # default, the for-loop implementation on the CPU); gradient clipping's wrapper too
+    for clip in (False, True):
+        cfg = _cfg(SCHED="MultiStepLR", OPT=opt_name)
+        cfg.SOLVER.CLIP_GRADIENTS.ENABLED = clip
+        opt, _ = build_unipt_optimizer(cfg, Toy())
+        assert isinstance(opt, getattr(torch.optim, opt_name))
+        assert opt.defaults["fused"] in (None, False) and opt.defaults["foreach"] is None
+        assert not getattr(opt, "_step_supports_amp_scaling", False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fused Adam/AdamW needs CUDA parameters")
+@pytest.mark.parametrize("opt_name", ["Adam", "AdamW"])
+def test_cuda_parameters_get_the_fused_kernel(opt_name):
+    for clip in (False, True):
+        cfg = _cfg(SCHED="MultiStepLR", OPT=opt_name)
+        cfg.SOLVER.CLIP_GRADIENTS.ENABLED = clip
+        model = Toy().cuda()
+        opt, _ = build_unipt_optimizer(cfg, model)
+        assert opt.defaults["fused"] is True and all(g["fused"] for g in opt.param_groups)
+        before = model.head.weight.detach().clone()
+        model.head(torch.randn(2, 4, device="cuda")).sum().backward()
+        opt.step()
+        assert not torch.equal(model.head.weight, before)

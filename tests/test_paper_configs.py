@@ -19,6 +19,7 @@ import torch
 import unipt_plugin  # noqa: F401  (fast-reid compat first)
 from fastreid.modeling import build_model
 
+from unipt_plugin.config import get_unipt_cfg
 from unipt_plugin.engine import setup_cfg
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -69,7 +70,9 @@ def test_every_paper_config_loads_with_paper_settings(folder: str, backbone: str
     assert cfg.MODEL.VISUAL.ARCH == {"vit_base": "vit_base_patch16_384", "deit_small": "deit_small_patch16_224"}[backbone]
     assert cfg.MODEL.VISUAL.STRIDE == 16
     # The configs name BERT base; the overrides above replace only the builder, not the sizes' source.
-    raw = setup_cfg(str(CONFIGS / folder / f"{backbone}.yml"))
+    raw = get_unipt_cfg()
+    raw.merge_from_file(str(CONFIGS / folder / f"{backbone}.yml"))  # as written: before the device checks
+    assert raw.MODEL.DEVICE == "cuda" and raw.SOLVER.AMP.ENABLED
     assert raw.MODEL.TEXT.NAME == "BertTextEncoder" and raw.MODEL.TEXT.WEIGHTS.endswith("bert-base-uncased")
     if folder in PRETRAIN_DIRS:
         assert cfg.MODEL.META_ARCHITECTURE == "UniPTPretrain"

@@ -107,3 +107,27 @@ def test_bad_inputs_raise_clear_errors():
         pgu(torch.randn(1, 3, 12), "audio")
     with pytest.raises(ValueError, match="divisible"):
         PGU(12, 20, dim=18, num_heads=4)
+
+
+def test_residual_stream_stays_float32_under_autocast():
+    # bfloat16 autocast on the CPU takes the path of float16 autocast on a GPU: the decoder's
+    # matmuls run in bfloat16, but the queries carried from layer to layer (the residual
+    # stream) must stay float32, and so must the returned feature.
+    pgu = _pgu(dropout=0.0)
+    seen = []
+    for layer in pgu.layers:
+        layer.register_forward_pre_hook(lambda m, args: seen.append(("in", args[0].dtype)))
+        layer.register_forward_hook(lambda m, args, out: seen.append(("out", out.dtype)))
+    img = torch.randn(2, 7, 12)
+    txt, mask = torch.randn(2, 5, 20), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    ref_img, ref_txt = pgu(img, "image"), pgu(txt, "text", mask)
+    seen.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        parts, feat = pgu(img, "image")
+        _, feat_txt = pgu(txt, "text", mask)
+    assert len(seen) == 2 * 2 * len(pgu.layers)  # in and out of every layer, both modalities
+    assert all(dtype == torch.float32 for _, dtype in seen), seen
+    assert feat.dtype == torch.float32 and feat_txt.dtype == torch.float32
+    # the bfloat16 matmuls cost a little precision, not the result (outputs of norm 1)
+    assert torch.allclose(feat, ref_img[1], atol=2e-2) and torch.allclose(feat_txt, ref_txt[1], atol=2e-2)
+    assert torch.allclose(parts.float(), ref_img[0], atol=5e-2, rtol=2e-2)

@@ -48,12 +48,16 @@ def add_unipt_config(cfg: CN) -> CN:
     # Folder holding one sub-folder per dataset (CUHK-PEDES/, ICFG-PEDES/, RSTPReid/, LUPerson-T/).
     _C.DATASETS.ROOT = "datasets"
     # LUPerson-T: annotation file (relative to <ROOT>/LUPerson-T or absolute) and image folder.
+    # An ANNOTATION ending in ".arrow" selects the packed layout: one Arrow IPC file holding the
+    # images and captions (columns image, caption, image_id, split; written from the JSON +
+    # folder layout by tools/pack_dataset.py); IMAGE_DIR is then not used (datasets/README.md).
     _C.DATASETS.LUPERSON_T = CN()
     _C.DATASETS.LUPERSON_T.ANNOTATION = "luperson_t.json"
     _C.DATASETS.LUPERSON_T.IMAGE_DIR = "imgs"
     # How listed images are checked when a dataset is built: "full" (default: every listed
-    # image must exist, checked once per folder with os.scandir) or "lazy" (not checked; a
-    # missing image is an error naming the file when it is first read).
+    # image must exist, checked once per folder with os.scandir; packed layout: every row has
+    # image bytes) or "lazy" (not checked; a missing image is an error naming the file and this
+    # key when it is first read). Empty (0-byte) files are refused when they are read.
     _C.DATASETS.VERIFY_IMAGES = "full"
 
     # ------------------------------------------------------------------ text input
@@ -119,6 +123,9 @@ def add_unipt_config(cfg: CN) -> CN:
     _C.MODEL.TEXT.NUM_LAYERS = 2
     _C.MODEL.TEXT.NUM_HEADS = 2
     _C.MODEL.TEXT.INTERMEDIATE_SIZE = 512
+    # Dropout of the BERT encoders (hidden and attention probabilities); -1 = the architecture's
+    # own (0.1 for BERT). The CLIP text tower has no dropout and refuses other values.
+    _C.MODEL.TEXT.DROPOUT = -1.0
     # Activation (gradient) checkpointing of the text encoder's layers.
     _C.MODEL.TEXT.GRAD_CHECKPOINTING = False
     # torch.compile the visual and text encoders (CUDA; the first iterations are slow while it compiles).

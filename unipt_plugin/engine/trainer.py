@@ -81,16 +81,18 @@ class UniPTTrainer(DefaultTrainer):
     def build_ddp_model(cls, cfg, model: torch.nn.Module) -> DistributedDataParallel:
         """DistributedDataParallel over the processes of the group: one GPU per process on CUDA
         (``device_ids`` = this rank's GPU), the CPU with gloo. Buffers are constants (pixel
-        statistics, position ids), so they are not broadcast. ``static_graph``: every step runs
-        the same graph (modules that a config leaves without gradients are frozen by the
-        meta-architectures, so no parameter is unused), which also lets activation checkpointing
-        run under DDP."""
+        statistics, position ids), so they are not broadcast. Modules that a config leaves without
+        gradients are frozen by the meta-architectures, so no trainable parameter is unused and
+        ``find_unused_parameters`` is not needed. ``static_graph`` (every step runs the same
+        graph) when SOLVER.ACCUM_STEPS is 1: torch's DDP with ``static_graph`` fails under
+        ``no_sync``, which gradient accumulation uses."""
         on_cuda = str(cfg.MODEL.DEVICE).startswith("cuda")
         device_ids = [torch.cuda.current_device()] if on_cuda else None
         unused = [n for n, p in model.named_parameters() if not p.requires_grad]
         if unused:
             logger.info("DDP: %d frozen parameter tensors are not synchronised (e.g. %s)", len(unused), unused[0])
-        return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False, static_graph=True)
+        static = int(cfg.SOLVER.ACCUM_STEPS) == 1
+        return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False, static_graph=static)
 
     @classmethod
     def build_step_trainer(cls, cfg, model, data_loader, optimizer, param_wrapper) -> UniPTStepTrainer:

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import open_clip
 
-__all__ = ["TINY_CLIP_CONFIGS", "clip_model_config", "build_clip"]
+__all__ = ["TINY_CLIP_CONFIGS", "clip_model_config", "build_clip", "open_clip_version"]
 
 #: Small randomly initialised CLIP for tests and the CPU default (CLIP's 49408-token BPE
 #: vocabulary and 77-token context, tiny widths).
@@ -54,3 +54,8 @@ def build_clip(arch: str, image_size: Optional[tuple[int, int]] = None) -> open_
     if image_size is not None:
         cfg["vision_cfg"]["image_size"] = tuple(image_size)
     return open_clip.CLIP(**cfg)
+
+
+def open_clip_version() -> str:
+    """The installed open_clip's version, for error messages ("open_clip <version>")."""
+    return f"open_clip {getattr(open_clip, '__version__', 'of unknown version')}"

@@ -4,6 +4,10 @@ Parameter groups by module prefix: ``visual.`` (SOLVER.VISUAL_LR), ``text.`` (SO
 everything else (projections, heads, PGU, temperature) at SOLVER.BASE_LR; a rate of 0 means
 BASE_LR. Each is split into a decayed group (SOLVER.WEIGHT_DECAY) and a group without decay
 holding biases, normalisation-layer parameters and scalars, unless SOLVER.DECAY_NORM_AND_BIAS.
+
+Adam / AdamW use the fused CUDA kernel (``fused=True``) when every parameter is on a CUDA device
+(the optimiser is built after the model is moved to its device), else torch's default
+implementation (for-each on CUDA, for-loop on the CPU) as before.
 """
 from __future__ import annotations
 
@@ -59,8 +63,12 @@ def param_group_specs(cfg, model: nn.Module) -> list[dict[str, Any]]:
 
 def build_unipt_optimizer(cfg, model: nn.Module) -> tuple[torch.optim.Optimizer, None]:
     """SOLVER.OPT ("Adam" or "AdamW") over ``param_group_specs``, with fast-reid's gradient
-    clipping when SOLVER.CLIP_GRADIENTS.ENABLED. Returns (optimizer, None): fast-reid's
-    DefaultTrainer unpacks (optimizer, param_wrapper)."""
+    clipping when SOLVER.CLIP_GRADIENTS.ENABLED; ``fused=True`` when every parameter is on CUDA.
+    Returns (optimizer, None): fast-reid's DefaultTrainer unpacks (optimizer, param_wrapper).
+
+    With a GradScaler and a fused optimiser, ``scaler.step`` lets the optimiser unscale inside
+    its kernel; gradient clipping (fast-reid's wrapped ``step``) must then see unscaled
+    gradients, so call ``scaler.unscale_(optimizer)`` before ``scaler.step(optimizer)``."""
     s = cfg.SOLVER
     if s.OPT not in _OPTIMIZERS:
         raise ValueError(f"SOLVER.OPT must be one of {sorted(_OPTIMIZERS)} for UniPT, got {s.OPT!r}")
@@ -73,8 +81,16 @@ def build_unipt_optimizer(cfg, model: nn.Module) -> tuple[torch.optim.Optimizer,
         logger.info("optimiser group %-16s %4d tensors, %11d params, lr %.2e, weight decay %g",
                     g["name"], len(g["params"]), sum(p.numel() for p in g["params"]), g["lr"], g["weight_decay"])
     opt_cls = maybe_add_gradient_clipping(cfg, _OPTIMIZERS[s.OPT])
-    optimizer = opt_cls(groups, lr=s.BASE_LR, betas=tuple(s.BETAS), eps=s.EPS, weight_decay=s.WEIGHT_DECAY)
+    extra = {"fused": True} if _all_on_cuda(groups) else {}
+    optimizer = opt_cls(groups, lr=s.BASE_LR, betas=tuple(s.BETAS), eps=s.EPS, weight_decay=s.WEIGHT_DECAY, **extra)
+    logger.info("optimiser %s: %s implementation", s.OPT, "fused CUDA" if extra else "default")
     return optimizer, None
+
+
+def _all_on_cuda(groups: list[dict[str, Any]]) -> bool:
+    """True when every parameter of ``groups`` is a floating-point tensor on a CUDA device."""
+    params = [p for g in groups for p in g["params"]]
+    return bool(params) and all(p.is_cuda and p.is_floating_point() for p in params)
 
 
 def warmup_linear_factor(it: int, warmup_iters: int, max_iter: int) -> float:

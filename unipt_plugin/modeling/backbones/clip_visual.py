@@ -4,7 +4,7 @@
 weights, "ViT-B-16", or "UniPT-CLIP-tiny" for tests); the tower is built for
 ``cfg.INPUT.SIZE_TRAIN``; ``STRIDE`` below the patch size gives overlapping patches.
 ``WEIGHTS``: OpenAI CLIP ``.pt`` (TorchScript), an open_clip state dict, or a UniPT checkpoint;
-only the "visual." part is used. The checkpoint's 14x14 position grid (224 input) is resized
+only the "visual." part is used. ``GRAD_CHECKPOINTING``: open_clip's activation checkpointing. The checkpoint's 14x14 position grid (224 input) is resized
 bilinearly with ``align_corners=True`` to the target grid (24x8 at 384x128).
 
 Tokens are taken AFTER ``ln_post`` and the projection ``proj``: every token lives in CLIP's
@@ -20,7 +20,7 @@ import torch
 from fastreid.modeling.backbones import BACKBONE_REGISTRY
 from torch import nn
 
-from unipt_plugin.modeling.clip_models import build_clip
+from unipt_plugin.modeling.clip_models import build_clip, open_clip_version
 from unipt_plugin.modeling.weight_loading import LoadReport, load_weights_into
 
 from .pos_embed import patch_grid, resize_pos_embed
@@ -35,9 +35,12 @@ class CLIPVisualBackbone(nn.Module):
 
     forward: normalised images (B, 3, H, W) -> tokens (B, 1 + N, C), C = ``out_dim`` (the
     CLIP embedding width), class token first.
+    ``grad_checkpointing``: open_clip's ``set_grad_checkpointing`` of the tower (each residual
+    block recomputed during backward); an open_clip without it is refused.
     """
 
-    def __init__(self, arch: str, image_size: tuple[int, int], stride: int = 0) -> None:
+    def __init__(self, arch: str, image_size: tuple[int, int], stride: int = 0,
+                 grad_checkpointing: bool = False) -> None:
         super().__init__()
         self.tower = build_clip(arch, image_size).visual
         if self.tower.attn_pool is not None:
@@ -53,6 +56,13 @@ class CLIPVisualBackbone(nn.Module):
             self.tower.grid_size = self.grid_size
         self.image_size = tuple(image_size)
         self.out_dim = self.tower.proj.shape[1]
+        if grad_checkpointing:
+            if not callable(getattr(self.tower, "set_grad_checkpointing", None)):
+                raise ValueError(f"MODEL.VISUAL.GRAD_CHECKPOINTING: the image tower of '{arch}' in "
+                                 f"{open_clip_version()} has no set_grad_checkpointing; set it to False")
+            self.tower.set_grad_checkpointing(True)
+            logger.info("CLIP visual backbone: gradient checkpointing of the %d residual blocks",
+                        len(self.tower.transformer.resblocks))
         logger.info(
             "CLIP visual backbone %s: input %dx%d, patch %d stride %d, grid %dx%d, output width %d",
             arch, image_size[0], image_size[1], patch, stride, *self.grid_size, self.out_dim,
@@ -88,7 +98,8 @@ class CLIPVisualBackbone(nn.Module):
 def build_clip_visual_backbone(cfg) -> CLIPVisualBackbone:
     """fast-reid builder: a :class:`CLIPVisualBackbone` from ``cfg.MODEL.VISUAL``."""
     v = cfg.MODEL.VISUAL
-    model = CLIPVisualBackbone(v.ARCH, tuple(cfg.INPUT.SIZE_TRAIN), stride=v.STRIDE)
+    model = CLIPVisualBackbone(v.ARCH, tuple(cfg.INPUT.SIZE_TRAIN), stride=v.STRIDE,
+                               grad_checkpointing=bool(v.GRAD_CHECKPOINTING))
     if v.WEIGHTS:
         model.load_weights(v.WEIGHTS)
     return model

@@ -3,7 +3,9 @@
 ``cfg.MODEL.VISUAL``: ``ARCH`` (a timm name: "vit_base_patch16_384", "deit_small_patch16_224",
 "vit_tiny_patch16_224" with ``DEPTH``/``EMBED_DIM``/``NUM_HEADS`` overrides for small test
 variants), ``STRIDE`` (patch stride; below the patch size gives overlapping patches through the
-patch-embedding convolution's stride), ``DROP_PATH``, ``WEIGHTS`` (local file, "" = random).
+patch-embedding convolution's stride), ``DROP_PATH``, ``WEIGHTS`` (local file, "" = random),
+``GRAD_CHECKPOINTING`` (timm's activation checkpointing of the transformer blocks: each block's
+activations are recomputed during backward instead of being kept).
 The model is built for ``cfg.INPUT.SIZE_TRAIN`` (H, W); a checkpoint's position embeddings
 (e.g. 24x24 for vit_base_patch16_384, 14x14 for DeiT at 224) are resized bilinearly
 (``align_corners=True``) to that grid (24x8 at 384x128), the class token's kept.
@@ -36,6 +38,7 @@ class ViTBackbone(nn.Module):
 
     forward: normalised images (B, 3, H, W) -> tokens (B, 1 + N, C) after the final norm,
     class token first, N = grid rows x cols. Attributes ``out_dim`` (C), ``grid_size``.
+    ``grad_checkpointing``: timm's ``set_grad_checkpointing`` (blocks recomputed in backward).
     """
 
     def __init__(
@@ -47,6 +50,7 @@ class ViTBackbone(nn.Module):
         depth: int = 0,
         embed_dim: int = 0,
         num_heads: int = 0,
+        grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         overrides = {k: v for k, v in (("depth", depth), ("embed_dim", embed_dim), ("num_heads", num_heads)) if v > 0}
@@ -63,6 +67,9 @@ class ViTBackbone(nn.Module):
             self._set_stride(stride)
         self.num_prefix_tokens = self.vit.num_prefix_tokens
         self.out_dim = self.vit.embed_dim
+        if grad_checkpointing:
+            self.vit.set_grad_checkpointing(True)
+            logger.info("ViT backbone: gradient checkpointing of the %d blocks", len(self.vit.blocks))
         logger.info(
             "ViT backbone %s: input %dx%d, patch %d stride %d, grid %dx%d, width %d, depth %d",
             arch, image_size[0], image_size[1], patch, stride, *self.grid_size, self.out_dim, len(self.vit.blocks),
@@ -108,6 +115,7 @@ def build_timm_vit_backbone(cfg) -> ViTBackbone:
     model = ViTBackbone(
         v.ARCH, tuple(cfg.INPUT.SIZE_TRAIN), stride=v.STRIDE, drop_path=v.DROP_PATH,
         depth=v.DEPTH, embed_dim=v.EMBED_DIM, num_heads=v.NUM_HEADS,
+        grad_checkpointing=bool(v.GRAD_CHECKPOINTING),
     )
     if v.WEIGHTS:
         model.load_weights(v.WEIGHTS)

@@ -47,8 +47,9 @@ class _AllGatherWithGrad(torch.autograd.Function):
 
 
 def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
-    """(N, ...) on each of W processes -> (W * N, ...) in rank order, differentiable.
-    Every process must pass the same N."""
+    """(N, ...) on each of W processes -> (W * N, ...) in rank order, differentiable (integer
+    tensors, e.g. identity targets, are gathered too, without gradient). Every process must
+    pass the same N; with no process group (or W = 1) the tensor itself is returned."""
     if distributed_world()[1] == 1:
         return tensor
     return _AllGatherWithGrad.apply(tensor)
@@ -74,20 +75,22 @@ def contrastive_loss(
     if image_emb.shape != text_emb.shape or image_emb.dim() != 2:
         raise ValueError(f"contrastive_loss expects two (N, D) tensors of the same shape, got "
                          f"{tuple(image_emb.shape)} and {tuple(text_emb.shape)}")
-    # Float32 for AMP safety: logits and log-softmax in full precision.
-    img = F.normalize(image_emb.float(), dim=-1)
-    txt = F.normalize(text_emb.float(), dim=-1)
-    if isinstance(logit_scale, torch.Tensor):
-        logit_scale = logit_scale.float()
-    n = img.shape[0]
-    rank, world = distributed_world()
-    if gather and world > 1:
-        all_img = all_gather_with_grad(img)
-        all_txt = all_gather_with_grad(txt)
-        offset = rank * n
-    else:
-        all_img, all_txt, offset = img, txt, 0
-    labels = torch.arange(offset, offset + n, device=img.device)
-    logits_i2t = logit_scale * img @ all_txt.t()  # (N, W*N): own images vs every text
-    logits_t2i = logit_scale * txt @ all_img.t()  # (N, W*N): own texts vs every image
-    return (F.cross_entropy(logits_i2t, labels) + F.cross_entropy(logits_t2i, labels)) / 2
+    # Float32 for AMP safety: under autocast the matmuls would run in float16 / bfloat16 even
+    # on float32 inputs, so the similarities and the cross-entropies run with autocast off.
+    with torch.autocast(device_type=image_emb.device.type, enabled=False):
+        img = F.normalize(image_emb.float(), dim=-1)
+        txt = F.normalize(text_emb.float(), dim=-1)
+        if isinstance(logit_scale, torch.Tensor):
+            logit_scale = logit_scale.float()
+        n = img.shape[0]
+        rank, world = distributed_world()
+        if gather and world > 1:
+            all_img = all_gather_with_grad(img)
+            all_txt = all_gather_with_grad(txt)
+            offset = rank * n
+        else:
+            all_img, all_txt, offset = img, txt, 0
+        labels = torch.arange(offset, offset + n, device=img.device)
+        logits_i2t = logit_scale * img @ all_txt.t()  # (N, W*N) float32: own images vs every text
+        logits_t2i = logit_scale * txt @ all_img.t()  # (N, W*N) float32: own texts vs every image
+        return (F.cross_entropy(logits_i2t, labels) + F.cross_entropy(logits_t2i, labels)) / 2

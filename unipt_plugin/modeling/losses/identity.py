@@ -41,15 +41,22 @@ class PartClassifiers(nn.Module):
 
 def identity_loss(image_logits: torch.Tensor, text_logits: torch.Tensor,
                   targets: torch.Tensor) -> torch.Tensor:
-    """CE(image) + CE(text), each the mean over the batch. logits (B, C), targets long (B,)."""
-    return (F.cross_entropy(image_logits.float(), targets)
-            + F.cross_entropy(text_logits.float(), targets))
+    """CE(image) + CE(text), each the mean over the batch. logits (B, C), targets long (B,).
+
+    Returns a 0-d float32 tensor: the logits (a classifier's output, float16 / bfloat16 under
+    autocast) are cast to float32 and the cross-entropies run with autocast off."""
+    with torch.autocast(device_type=image_logits.device.type, enabled=False):
+        return (F.cross_entropy(image_logits.float(), targets)
+                + F.cross_entropy(text_logits.float(), targets))
 
 
 def part_identity_loss(image_logits: torch.Tensor, text_logits: torch.Tensor,
                        targets: torch.Tensor) -> torch.Tensor:
-    """Mean over parts of (CE(image part) + CE(text part)). logits (B, P, C), targets (B,)."""
+    """Mean over parts of (CE(image part) + CE(text part)). logits (B, P, C), targets (B,).
+
+    Returns a 0-d float32 tensor (float32 cross-entropies with autocast off)."""
     b, p, c = image_logits.shape
     t = targets.repeat_interleave(p)  # (B*P,) matching the row-major flatten of (B, P)
-    return (F.cross_entropy(image_logits.float().reshape(b * p, c), t)
-            + F.cross_entropy(text_logits.float().reshape(b * p, c), t))
+    with torch.autocast(device_type=image_logits.device.type, enabled=False):
+        return (F.cross_entropy(image_logits.float().reshape(b * p, c), t)
+                + F.cross_entropy(text_logits.float().reshape(b * p, c), t))

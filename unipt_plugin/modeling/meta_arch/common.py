@@ -2,6 +2,7 @@
 the finite-loss check."""
 from __future__ import annotations
 
+import logging
 from typing import Mapping
 
 import torch
@@ -10,8 +11,10 @@ from torch import nn
 
 from ..losses import distributed_world
 
-__all__ = ["ImageNormalizer", "NonFiniteLossError", "check_finite_losses", "masked_max_pool", "seeded_generator",
-           "to_device"]
+__all__ = ["ImageNormalizer", "NonFiniteLossError", "check_finite_losses", "compile_encoders", "masked_max_pool",
+           "model_device", "seeded_generator", "to_device"]
+
+logger = logging.getLogger(__name__)
 
 
 class ImageNormalizer(nn.Module):
@@ -36,20 +39,61 @@ def to_device(batch: Mapping[str, torch.Tensor], device: torch.device, keys) -> 
 
 def masked_max_pool(tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Max over positions of tokens (B, L, D) -> (B, D); positions with mask 0 are ignored
-    when ``mask`` (B, L) is given."""
+    when ``mask`` (B, L) is given. Exact in the tokens' dtype (a max does not round, and the
+    fill is that dtype's lowest value), so under autocast it needs no float32 cast."""
     if mask is not None:
         fill = torch.finfo(tokens.dtype).min
         tokens = tokens.masked_fill(~mask.bool().unsqueeze(-1), fill)
     return tokens.max(dim=1).values
 
 
-def seeded_generator(seed: int, offset: int = 0) -> torch.Generator | None:
-    """A CPU generator seeded with seed + offset + 1000 * rank (distinct per process), or None
-    (torch's global RNG) when seed < 0."""
+def model_device(name: str | torch.device | None) -> torch.device:
+    """The device a model configured with ``MODEL.DEVICE = name`` runs on: "cpu" (or None) ->
+    cpu; "cuda" -> the current CUDA device (``torch.cuda.current_device()``, the one a
+    launcher selected for this process), "cuda:N" -> that device; "auto" -> the current CUDA
+    device when CUDA is usable, else cpu. A CUDA name without usable CUDA gives cpu, with a
+    warning (the model can still be built, e.g. to inspect or export it)."""
+    if name is None:
+        return torch.device("cpu")
+    text = str(name)
+    if text == "auto":
+        text = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(text)
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
+        logger.warning("MODEL.DEVICE %s but CUDA is not usable: the model's random generators are made on the CPU",
+                       text)
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
+
+
+def seeded_generator(seed: int, offset: int = 0,
+                     device: str | torch.device | None = None) -> torch.Generator | None:
+    """A generator seeded with seed + offset + 1000 * rank (distinct per process), or None
+    (torch's global RNG) when seed < 0.
+
+    It lives on ``model_device(device)`` (cfg.MODEL.DEVICE: the CPU by default and for "cpu",
+    exactly as before; the current CUDA device for "cuda"), so that draws for a model on a GPU
+    are made there, with no host-to-device copy. Held as a module attribute, it is found and
+    checkpointed by ``unipt_plugin.engine.rng``; moving the model with ``.to()`` does not move
+    it (the draws are then copied to the model's device)."""
     if seed < 0:
         return None
     rank = distributed_world()[0]
-    return torch.Generator().manual_seed(int(seed) + int(offset) + 1000 * rank)
+    return torch.Generator(device=model_device(device)).manual_seed(int(seed) + int(offset) + 1000 * rank)
+
+
+def compile_encoders(model: nn.Module, enabled: bool) -> None:
+    """``MODEL.COMPILE``: compile ``model.visual`` and ``model.text`` in place with
+    ``nn.Module.compile()`` (torch.compile of each module's call), so that parameter names and
+    state_dict keys stay as they are (``torch.compile(module)`` would wrap them under
+    ``_orig_mod.``). Compilation happens lazily at the first forward; nothing when not enabled."""
+    if not enabled:
+        return
+    for name in ("visual", "text"):
+        getattr(model, name).compile()
+    logger.info("MODEL.COMPILE: the visual and text encoders are compiled (torch.compile) at their first call")
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -18,9 +18,10 @@ from fastreid.modeling.backbones import build_backbone
 from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
 from torch import nn
 
-from ..losses import contrastive_loss, mask_tokens, mlm_loss
+from ..losses import IGNORE_INDEX, contrastive_loss, mask_tokens, mlm_loss
 from ..text_encoders import build_text_encoder
-from .common import ImageNormalizer, check_finite_losses, masked_max_pool, seeded_generator, to_device
+from .common import (ImageNormalizer, check_finite_losses, compile_encoders, masked_max_pool, seeded_generator,
+                     to_device)
 
 logger = logging.getLogger(__name__)
 
@@ -97,10 +98,12 @@ class UniPTPretrain(nn.Module):
             self.mlm_mask_prob = float(p.MLM_MASK_TOKEN_PROB)
             self.mlm_random_prob = float(p.MLM_RANDOM_TOKEN_PROB)
             self.mlm_head = MLMHead(self.text.out_dim, self.vocab_size)
-            # Masking draws: a CPU generator seeded from cfg.SEED (and the rank).
-            self.mask_generator = seeded_generator(cfg.SEED, offset=1)
+            # Masking draws: a generator on the model's device (cfg.MODEL.DEVICE; the CPU by
+            # default) seeded from cfg.SEED (and the rank).
+            self.mask_generator = seeded_generator(cfg.SEED, offset=1, device=cfg.MODEL.DEVICE)
         else:
             self.mlm_head = None
+        compile_encoders(self, bool(cfg.MODEL.COMPILE))
 
     @property
     def device(self) -> torch.device:
@@ -138,21 +141,27 @@ class UniPTPretrain(nn.Module):
         txt = self.encode_text(b["text_ids"], b["text_mask"])
         losses = {"loss_con": contrastive_loss(img, txt, self.logit_scale(), gather=self.gather_negatives)}
         if self.mlm_head is not None:
-            losses["loss_mlm"] = self.mlm_weight * self._mlm(batch["text_ids"], batch["text_mask"])
+            losses["loss_mlm"] = self.mlm_weight * self._mlm(b["text_ids"], b["text_mask"], batch["text_ids"])
         return check_finite_losses(losses)
 
-    def _mlm(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Mask on the CPU (the loader's tensors) with the seeded generator, then a text-only
-        forward of the masked ids; the head runs on the predicted positions only."""
-        ids_cpu, mask_cpu = ids.cpu(), mask.cpu()
-        word_start = self.word_start_fn(ids_cpu) if self.word_start_fn is not None else None
+    def _mlm(self, ids: torch.Tensor, mask: torch.Tensor, loader_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """MLM loss of one batch: mask ``ids`` (B, L) on the model's device with the seeded
+        generator (made on that device), then a text-only forward of the masked ids; the head
+        runs on the predicted positions only.
+
+        ``loader_ids`` (B, L): the same ids as the loader gave them (on the CPU), from which the
+        tokenizer's whole-word starts are computed without a device-to-host copy; None = ``ids``.
+        On the CPU every draw is the one made before masking moved to the device."""
+        word_start = None
+        if self.word_start_fn is not None:
+            word_start = self.word_start_fn(loader_ids if loader_ids is not None else ids)
         masked, labels = mask_tokens(
-            ids_cpu, mask_cpu, self.special_ids, self.vocab_size, self.mask_id,
+            ids, mask, self.special_ids, self.vocab_size, self.mask_id,
             prob=self.mlm_prob, mask_token_prob=self.mlm_mask_prob,
             random_token_prob=self.mlm_random_prob, word_start_mask=word_start,
             generator=self.mask_generator)
-        dev = self.device
-        masked, labels, mask = masked.to(dev), labels.to(dev), mask.to(dev)
         tokens = self.text(masked, mask)  # (B, L, C)
-        picked = labels != -100
+        # Boolean indexing (one nonzero, so one host-device sync): the vocabulary-wide head runs
+        # on the ~15% predicted positions only, not on all B * L.
+        picked = labels != IGNORE_INDEX
         return mlm_loss(self.mlm_head(tokens[picked]), labels[picked])

@@ -8,9 +8,9 @@ ID_WEIGHT * L_id + RANK_WEIGHT * L_rk on the global embeddings and PGU_WEIGHT (g
 whose inner product is the sum of the two cosines.
 
 Choices of ours: the ID classifiers see the un-normalised global embedding and un-normalised
-parts; with PGU_WEIGHT = 0 (and PGU.ENABLED) the PGU is not run in training, so its
-parameters get no gradient (multi-process training then needs PGU.ENABLED False, or DDP's
-find_unused_parameters).
+parts; with PGU_WEIGHT = 0 (and PGU.ENABLED) the PGU is not run in training and is frozen
+(``requires_grad`` False), as is the ID classifier with ID_WEIGHT = 0, so every trainable
+parameter gets a gradient at every step and multi-process training (DDP, ``static_graph``) runs.
 """
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ from ..losses import (PartClassifiers, SharedClassifier, identity_loss, part_ide
                       ranking_loss)
 from ..pgu import PGU
 from ..text_encoders import build_text_encoder
-from .common import ImageNormalizer, check_finite_losses, masked_max_pool, seeded_generator, to_device
+from .common import (ImageNormalizer, check_finite_losses, compile_encoders, masked_max_pool, seeded_generator,
+                     to_device)
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,14 @@ class UniPTT2I(nn.Module):
         visual, text: encoders to use instead of building them from cfg.
     Train: ``forward(batch)`` -> {"loss_id", "loss_rank", "loss_pgu_id", "loss_pgu_rank"}
         (a term whose weight is 0 is left out).
+        Multi-process (a process group of W > 1 and MODEL.T2I.GATHER_NEGATIVES): both ranking
+        losses rank this process's N anchors against the W * N candidates of every process
+        (embeddings gathered with gradients, identities too), and, being SUMS over anchors, are
+        returned multiplied by W: DistributedDataParallel averages gradients over processes, so
+        the averaged gradients then equal those of one process's loss on the concatenated batch
+        of W * N, and the mean over processes of each term equals that loss (``ranking_loss``
+        derives it). The identity losses are means over the batch and are not scaled. With
+        W = 1 or GATHER_NEGATIVES False each process ranks within its own batch.
     Eval: ``forward(batch)`` -> (B, D) features of the batch's modality, D = EMBED_DIM,
         P * PART_DIM or their sum for TEST_SCORE global / pgu / sum.
     """
@@ -70,6 +79,8 @@ class UniPTT2I(nn.Module):
         # identity classifiers exist only for training.
         self.num_classes = num_classes
         self.classifier = SharedClassifier(t.EMBED_DIM, num_classes, t.CLASSIFIER_STD) if num_classes > 0 else None
+        if self.classifier is not None and float(t.ID_WEIGHT) == 0:
+            self.classifier.requires_grad_(False)  # ID_WEIGHT = 0: unused in training, frozen (see PGU below)
         self.pool = t.POOL
         self.pool_mask_padding = bool(t.POOL_MASK_PADDING)
         self.margin = float(t.RANK_MARGIN)
@@ -82,13 +93,21 @@ class UniPTT2I(nn.Module):
             self.part_classifiers = (PartClassifiers(self.pgu.num_prototypes, self.pgu.part_dim,
                                                      num_classes, t.CLASSIFIER_STD) if num_classes > 0 else None)
             if self.pgu_weight == 0:
-                logger.info("MODEL.T2I.PGU_WEIGHT = 0: the PGU is built (TEST_SCORE=%s) but not trained",
+                # Not trained: frozen, so the optimiser and DistributedDataParallel leave it out
+                # (a parameter without gradient would stop DDP at its second iteration).
+                self.pgu.requires_grad_(False)
+                if self.part_classifiers is not None:
+                    self.part_classifiers.requires_grad_(False)
+                logger.info("MODEL.T2I.PGU_WEIGHT = 0: the PGU is built (TEST_SCORE=%s) but frozen, not trained",
                             self.test_score)
         else:
             self.pgu = None
             self.part_classifiers = None
-        # Semi-hard negative draws: a CPU generator seeded from cfg.SEED (and the rank).
-        self.rank_generator = seeded_generator(cfg.SEED, offset=2)
+        self.gather_negatives = bool(t.GATHER_NEGATIVES)
+        # Semi-hard negative draws: a generator on the model's device (cfg.MODEL.DEVICE; the CPU
+        # by default) seeded from cfg.SEED (and the rank).
+        self.rank_generator = seeded_generator(cfg.SEED, offset=2, device=cfg.MODEL.DEVICE)
+        compile_encoders(self, bool(cfg.MODEL.COMPILE))
 
     @property
     def device(self) -> torch.device:
@@ -138,12 +157,14 @@ class UniPTT2I(nn.Module):
             losses["loss_id"] = self.id_weight * identity_loss(self.classifier(g_img), self.classifier(g_txt), targets)
         if self.rank_weight:
             losses["loss_rank"] = self.rank_weight * ranking_loss(
-                g_img, g_txt, targets, self.margin, self.rank_generator, self.hardest_fallback)
+                g_img, g_txt, targets, self.margin, self.rank_generator, self.hardest_fallback,
+                gather=self.gather_negatives)
         if self.pgu is not None and self.pgu_weight:
             parts_img, feat_img = self.pgu(img_tok, "image", None)
             parts_txt, feat_txt = self.pgu(txt_tok, "text", mask)
             losses["loss_pgu_id"] = self.pgu_weight * part_identity_loss(
                 self.part_classifiers(parts_img), self.part_classifiers(parts_txt), targets)
             losses["loss_pgu_rank"] = self.pgu_weight * ranking_loss(
-                feat_img, feat_txt, targets, self.margin, self.rank_generator, self.hardest_fallback)
+                feat_img, feat_txt, targets, self.margin, self.rank_generator, self.hardest_fallback,
+                gather=self.gather_negatives)
         return check_finite_losses(losses)

@@ -57,7 +57,9 @@ class PGU(nn.Module):
         dim: decoder width (0 = ``image_dim``). num_prototypes, num_layers, num_heads, ffn_dim,
         dropout: decoder sizes. part_dim: output width of each prototype's projection.
     forward(tokens (B, L, C_modality), modality "image" | "text", attention_mask (B, L) 1 = real
-    token or None) -> (parts (B, P, part_dim), feature (B, P * part_dim) L2-normalised).
+    token or None) -> (parts (B, P, part_dim), feature (B, P * part_dim) L2-normalised, float32).
+    Under autocast, ``parts`` has autocast's dtype (the output of a matmul); the queries between
+    the decoder layers and ``feature`` are float32.
     """
 
     def __init__(self, image_dim: int, text_dim: int, dim: int = 384, num_prototypes: int = 6,
@@ -97,9 +99,12 @@ class PGU(nn.Module):
             raise ValueError(f"PGU expects tokens (B, L, C), got {tuple(tokens.shape)}")
         x = self.input_proj[modality](tokens)
         pad = None if attention_mask is None else ~attention_mask.bool()
-        q = self.prototypes.unsqueeze(0).expand(x.shape[0], -1, -1).to(x.dtype)
+        # The residual stream (the queries) stays in the prototypes' dtype, float32: under
+        # autocast the matmuls inside the layers run in float16 / bfloat16 and their outputs are
+        # added to float32 queries (type promotion), as in a transformer's float32 residual.
+        q = self.prototypes.unsqueeze(0).expand(x.shape[0], -1, -1)
         for layer in self.layers:
             q = layer(q, x, pad)
-        parts = torch.einsum("bpd,pkd->bpk", q, self.part_proj.to(q.dtype))
+        parts = torch.einsum("bpd,pkd->bpk", q, self.part_proj)  # autocast picks its precision
         feature = F.normalize(parts.float().flatten(1), dim=-1)
         return parts, feature

@@ -11,6 +11,8 @@ instead of a folder (a UniPT checkpoint: the "text." part) is loaded into the ar
 tests and the CPU default; ``WEIGHTS`` may name a file to load.
 
 Both return the last hidden states of every position (B, L, C); no pooling layer is built.
+``MODEL.TEXT.GRAD_CHECKPOINTING``: transformers' ``gradient_checkpointing_enable`` (non-reentrant
+torch.utils.checkpoint; each layer recomputed during backward, in training mode only).
 """
 from __future__ import annotations
 
@@ -47,12 +49,29 @@ def shipped_minilm_dir() -> Path:
     return folder
 
 
+def _dropout_overrides(dropout: float) -> dict[str, float]:
+    """MODEL.TEXT.DROPOUT -> BertConfig overrides: < 0 keeps the architecture's own rates (0.1 for
+    BERT), else both the hidden and the attention-probability dropout are set to it."""
+    if dropout < 0:
+        return {}
+    if dropout >= 1:
+        raise ValueError(f"MODEL.TEXT.DROPOUT = {dropout}: expected a probability in [0, 1), or -1 for the "
+                         f"encoder's own")
+    return {"hidden_dropout_prob": float(dropout), "attention_probs_dropout_prob": float(dropout)}
+
+
 class _BertEncoder(nn.Module):
     """Shared forward of the BERT encoders: ``self.bert`` is a ``BertModel`` without pooler."""
 
     bert: BertModel
 
-    def _finish(self, max_length: int) -> None:
+    def _finish(self, max_length: int, grad_checkpointing: bool = False) -> None:
+        if grad_checkpointing:
+            # Non-reentrant: gradients reach every parameter whatever requires grad at the
+            # input, and it works with DistributedDataParallel.
+            self.bert.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            logger.info("BERT text encoder: gradient checkpointing of the %d layers",
+                        self.bert.config.num_hidden_layers)
         cfg = self.bert.config
         if max_length > cfg.max_position_embeddings:
             raise ValueError(
@@ -78,12 +97,14 @@ class _BertEncoder(nn.Module):
 class BertTextEncoder(_BertEncoder):
     """Pretrained BERT from a local folder (or a checkpoint file on a folder's architecture)."""
 
-    def __init__(self, weights: str = "", config_dir: str = "", max_length: int = 100) -> None:
+    def __init__(self, weights: str = "", config_dir: str = "", max_length: int = 100,
+                 grad_checkpointing: bool = False, dropout: float = -1.0) -> None:
         super().__init__()
         path = Path(weights) if weights else shipped_minilm_dir()
+        overrides = _dropout_overrides(dropout)
         if path.is_dir():
             self.bert, info = BertModel.from_pretrained(
-                str(path), local_files_only=True, add_pooling_layer=False, output_loading_info=True
+                str(path), local_files_only=True, add_pooling_layer=False, output_loading_info=True, **overrides
             )
             logger.info("BERT text encoder from %s: %d missing, %d unexpected keys",
                         path, len(info["missing_keys"]), len(info["unexpected_keys"]))
@@ -93,16 +114,17 @@ class BertTextEncoder(_BertEncoder):
                 logger.info("unexpected keys (ignored): %s", sorted(info["unexpected_keys"])[:8])
         elif path.is_file():
             arch_dir = Path(config_dir) if config_dir else shipped_minilm_dir()
-            self.bert = BertModel(BertConfig.from_pretrained(str(arch_dir), local_files_only=True), add_pooling_layer=False)
+            self.bert = BertModel(BertConfig.from_pretrained(str(arch_dir), local_files_only=True, **overrides),
+                                  add_pooling_layer=False)
             self.load_weights(str(path))
         else:
             raise FileNotFoundError(f"MODEL.TEXT.WEIGHTS: {path} is neither a BERT folder nor a weights file")
-        self._finish(max_length)
+        self._finish(max_length, grad_checkpointing)
 
     @classmethod
     def from_config(cls, cfg) -> "BertTextEncoder":
         t = cfg.MODEL.TEXT
-        return cls(t.WEIGHTS, t.BERT_CONFIG, cfg.INPUT.TEXT.MAX_LENGTH)
+        return cls(t.WEIGHTS, t.BERT_CONFIG, cfg.INPUT.TEXT.MAX_LENGTH, bool(t.GRAD_CHECKPOINTING), float(t.DROPOUT))
 
 
 @TEXT_ENCODER_REGISTRY.register()
@@ -117,9 +139,12 @@ class SmallBertTextEncoder(_BertEncoder):
         intermediate_size: int = 512,
         max_length: int = 100,
         weights: str = "",
+        grad_checkpointing: bool = False,
+        dropout: float = -1.0,
     ) -> None:
         super().__init__()
         config = BertConfig(
+            **_dropout_overrides(dropout),
             vocab_size=BERT_VOCAB_SIZE,
             hidden_size=hidden_size,
             num_hidden_layers=num_layers,
@@ -130,9 +155,10 @@ class SmallBertTextEncoder(_BertEncoder):
         self.bert = BertModel(config, add_pooling_layer=False)
         if weights:
             self.load_weights(weights)
-        self._finish(max_length)
+        self._finish(max_length, grad_checkpointing)
 
     @classmethod
     def from_config(cls, cfg) -> "SmallBertTextEncoder":
         t = cfg.MODEL.TEXT
-        return cls(t.HIDDEN_SIZE, t.NUM_LAYERS, t.NUM_HEADS, t.INTERMEDIATE_SIZE, cfg.INPUT.TEXT.MAX_LENGTH, t.WEIGHTS)
+        return cls(t.HIDDEN_SIZE, t.NUM_LAYERS, t.NUM_HEADS, t.INTERMEDIATE_SIZE, cfg.INPUT.TEXT.MAX_LENGTH, t.WEIGHTS,
+                   bool(t.GRAD_CHECKPOINTING), float(t.DROPOUT))

@@ -11,6 +11,8 @@ space (width ``embed_dim``, 512 for ViT-B/16), like the image tokens of
 The causal mask of CLIP is kept; the tokenizer pads at the end, so a real token never attends
 to padding and ``attention_mask`` needs no further use here (the features at padding
 positions are whatever the causal transformer computes: consumers mask them).
+``MODEL.TEXT.GRAD_CHECKPOINTING``: open_clip's activation checkpointing of the residual blocks
+(the ``grad_checkpointing`` switch of its ``Transformer``); an open_clip without it is refused.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import logging
 import torch
 from torch import nn
 
-from unipt_plugin.modeling.clip_models import build_clip
+from unipt_plugin.modeling.clip_models import build_clip, open_clip_version
 from unipt_plugin.modeling.weight_loading import LoadReport, load_weights_into
 
 from .registry import TEXT_ENCODER_REGISTRY
@@ -35,7 +37,7 @@ _NON_TEXT_PREFIXES = ("visual.", "logit_scale", "logit_bias", "input_resolution"
 class CLIPTextEncoder(nn.Module):
     """CLIP text transformer: (input_ids (B, L), attention_mask (B, L)) -> tokens (B, L, out_dim)."""
 
-    def __init__(self, arch: str, max_length: int = 77, weights: str = "") -> None:
+    def __init__(self, arch: str, max_length: int = 77, weights: str = "", grad_checkpointing: bool = False) -> None:
         super().__init__()
         clip = build_clip(arch)
         self.token_embedding = clip.token_embedding
@@ -57,6 +59,13 @@ class CLIPTextEncoder(nn.Module):
                     arch, self.token_embedding.embedding_dim, len(self.transformer.resblocks), self.out_dim, self.vocab_size)
         if weights:
             self.load_weights(weights)
+        if grad_checkpointing:
+            if not hasattr(self.transformer, "grad_checkpointing"):
+                raise ValueError(f"MODEL.TEXT.GRAD_CHECKPOINTING: the text transformer of '{arch}' in "
+                                 f"{open_clip_version()} has no grad_checkpointing switch; set it to False")
+            self.transformer.grad_checkpointing = True
+            logger.info("CLIP text encoder: gradient checkpointing of the %d residual blocks",
+                        len(self.transformer.resblocks))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """input_ids (B, L) long, attention_mask (B, L) (1 = real token) -> tokens (B, L, out_dim)."""
@@ -81,4 +90,8 @@ class CLIPTextEncoder(nn.Module):
 
     @classmethod
     def from_config(cls, cfg) -> "CLIPTextEncoder":
-        return cls(cfg.MODEL.TEXT.ARCH, cfg.INPUT.TEXT.MAX_LENGTH, cfg.MODEL.TEXT.WEIGHTS)
+        if float(cfg.MODEL.TEXT.DROPOUT) >= 0:
+            raise ValueError(f"MODEL.TEXT.DROPOUT = {cfg.MODEL.TEXT.DROPOUT}: the CLIP text tower has no dropout; "
+                             f"leave it at -1 with MODEL.TEXT.NAME CLIPTextEncoder")
+        return cls(cfg.MODEL.TEXT.ARCH, cfg.INPUT.TEXT.MAX_LENGTH, cfg.MODEL.TEXT.WEIGHTS,
+                   bool(cfg.MODEL.TEXT.GRAD_CHECKPOINTING))
