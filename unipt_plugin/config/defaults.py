@@ -208,7 +208,8 @@ def add_unipt_config(cfg: CN) -> CN:
     _C.SOLVER.WARMUP_RATIO = 0.1
     # Gradient accumulation: each optimiser step sums the gradients of ACCUM_STEPS micro-batches
     # of IMS_PER_BATCH // (world size x ACCUM_STEPS) images; the contrastive and ranking
-    # negatives stay within each micro-batch, so one GPU with 8 x 64 reproduces 8 GPUs x 64.
+    # negatives stay within each micro-batch, so one GPU with ACCUM_STEPS 8 reproduces 8 GPUs x 64
+    # with per-GPU negatives (GATHER_NEGATIVES False, as the paper's pre-training configs).
     _C.SOLVER.ACCUM_STEPS = 1
     # Pre-emption: on any of these signals the trainer finishes its iteration, saves
     # OUTPUT_DIR/model_preempted.pth (with RNG state and data-stream position) and exits with
