@@ -1,18 +1,27 @@
 """Text-image datasets parsed from raw-format fixture files (tests/raw_fixtures.py)."""
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
+import re
 from collections import Counter
 
+import numpy as np
 import pytest
+import torch
 from fastreid.data.datasets import DATASET_REGISTRY
 
 from raw_fixtures import make_cuhk_pedes, make_icfg_pedes, make_luperson_t, make_rstpreid, write_json
 from unipt_plugin.config import get_unipt_cfg
+from unipt_plugin.data import build_t2i_train_loader
+from unipt_plugin.data.build import build_dataset
+from unipt_plugin.data.common import T2ITrainSet
 from unipt_plugin.data.datasets import (CUHKPEDES, CUHKPEDESVal, ICFGPEDES, DatasetFormatError, LUPersonT,
                                         RSTPReid)
+from unipt_plugin.data.datasets.arrow_layout import pack_luperson_t, read_packed_image
+from unipt_plugin.data.transforms import ImageReadError, build_image_transform, read_image
 
 
 @pytest.fixture(scope="module")
@@ -281,3 +290,382 @@ def test_empty_captions_skipped_with_one_warning(cuhk, caplog):
     assert len(data.query) == w["test"]["captions"] - 2
     assert len(data.gallery) == w["test"]["images"]  # the image stays in the gallery
     assert all(c.strip() for _, c, _, _ in data.train) and all(c.strip() for c, _ in data.query)
+
+
+# ---------------------------------------------------------------------- packed items = the list of tuples
+def _reference_items(entries, image_dir, path_key, split_key, id_key, train_split, test_split):
+    """The items as lists of tuples, by the rules of datasets/README.md and docs/bad_inputs.md,
+    written independently of the dataset code: paths normalised and joined, an image listed
+    twice is one (captions merged), captions stripped, empty and repeated ones dropped, training
+    ids relabelled in sorted raw order (LUPerson-T: the image index), images in first-appearance
+    order."""
+    splits = {}
+    for e in entries:
+        split = e[split_key] if split_key else train_split
+        path = os.path.join(image_dir, os.path.normpath(e[path_key]))
+        _, caps = splits.setdefault(split, {}).setdefault(path, (e[id_key] if id_key else None, []))
+        for c in e["captions"]:
+            c = c.strip()
+            if c and c not in caps:
+                caps.append(c)
+    train, query, gallery = [], [], []
+    if train_split:
+        with_text = [(p, pid, caps) for p, (pid, caps) in splits[train_split].items() if caps]
+        raws = list(range(len(with_text))) if id_key is None else [pid for _, pid, _ in with_text]
+        label = {raw: new for new, raw in enumerate(sorted(set(raws)))}
+        for image_id, ((p, _, caps), raw) in enumerate(zip(with_text, raws)):
+            train.extend((p, c, label[raw], image_id) for c in caps)
+    if test_split:
+        for image_id, (p, (pid, caps)) in enumerate(splits[test_split].items()):
+            gallery.append((p, pid, image_id))
+            query.extend((c, pid) for c in caps)
+    return train, query, gallery
+
+
+def _assert_same_items(packed, expected):
+    assert len(packed) == len(expected)
+    for i, (got, want) in enumerate(zip(packed, expected)):  # item by item, in order
+        assert got == want, i
+        assert [type(v) for v in got] == [type(v) for v in want], i  # Python str / int, not numpy scalars
+    assert [packed[i] for i in range(len(packed))] == expected  # indexing agrees with iteration
+    assert packed == expected and list(packed) == expected
+
+
+def test_items_equal_the_lists_of_tuples(tmp_path):
+    w = make_cuhk_pedes(str(tmp_path), num_ids=3, images_per_id=2, captions_per_image=2)
+    with open(w["annotation"]) as f:
+        entries = json.load(f)
+    train_entry = next(e for e in entries if e["split"] == "train")
+    test_entry = next(e for e in entries if e["split"] == "test")
+    entries += [
+        # merged into the same image, one caption repeated
+        dict(test_entry, captions=[test_entry["captions"][0], "  Another view, café 東京 🙂.  "]),
+        dict(train_entry, file_path="./" + train_entry["file_path"], captions=["", "A new caption."]),  # same image
+        dict(train_entry, file_path=train_entry["file_path"].replace("/", "//"), captions=["Third one."]),
+    ]
+    write_json(w["annotation"], entries)
+    data = CUHKPEDES(root=str(tmp_path), cfg=get_unipt_cfg())
+    train, query, gallery = _reference_items(entries, w["image_dir"], "file_path", "split", "id", "train", "test")
+    assert len(train) == w["train"]["captions"] + 2 and len(query) == w["test"]["captions"] + 1  # the merges happened
+    _assert_same_items(data.train, train)
+    _assert_same_items(data.query, query)
+    _assert_same_items(data.gallery, gallery)
+
+
+def test_luperson_t_items_equal_the_list_of_tuples(tmp_path):
+    w = make_luperson_t(str(tmp_path), num_images=9, captions_per_image=2)
+    with open(w["annotation"]) as f:
+        entries = json.load(f)
+    entries[4]["captions"] = [" ", ""]  # an image without text: left out of training, ids stay contiguous
+    write_json(w["annotation"], entries)
+    data = LUPersonT(root=str(tmp_path), cfg=get_unipt_cfg())
+    train, _, _ = _reference_items(entries, w["image_dir"], "file_path", None, None, "train", None)
+    _assert_same_items(data.train, train)
+    assert data.num_classes == data.num_train_images == 8
+
+
+# ---------------------------------------------------------------------- DATASETS.VERIFY_IMAGES
+@pytest.mark.parametrize("value", ["FULL", "none", "", True])
+def test_verify_images_refuses_other_values(cuhk, value):
+    root, _, _ = cuhk
+    cfg = get_unipt_cfg()
+    cfg.DATASETS.ROOT = root
+    if isinstance(value, bool):  # not a config value (yacs keeps the key's type): through the argument
+        with pytest.raises(ValueError, match="DATASETS.VERIFY_IMAGES = 'bogus'"):
+            CUHKPEDES(root=root, verify_images="bogus")
+        return
+    cfg.DATASETS.VERIFY_IMAGES = value
+    with pytest.raises(ValueError, match=rf"DATASETS.VERIFY_IMAGES = {value!r}: expected one of \['full', 'lazy'\]"):
+        build_dataset(cfg, "CUHKPEDES")
+
+
+def test_lazy_verification_finds_a_missing_image_when_it_is_read(cuhk):
+    root, w, _ = cuhk
+    gone = next(r["path"] for r in w["records"] if r["split"] == "train")
+    os.remove(gone)
+    cfg = get_unipt_cfg()
+    with pytest.raises(FileNotFoundError, match="are missing"):
+        CUHKPEDES(root=root, cfg=cfg)  # "full", the default
+    cfg.DATASETS.VERIFY_IMAGES = "lazy"
+    data = CUHKPEDES(root=root, cfg=cfg)
+    assert len(data.train) == w["train"]["captions"]  # built, the missing image listed
+    train_set = T2ITrainSet(data.train, lambda img: img, data.num_classes)
+    index = next(i for i, item in enumerate(data.train) if item[0] == gone)
+    with pytest.raises(FileNotFoundError) as e:
+        train_set[index]
+    assert gone in str(e.value) and "DATASETS.VERIFY_IMAGES" in str(e.value) and '"lazy"' in str(e.value)
+    assert CUHKPEDES(root=root, verify_images=False).train == data.train  # the argument overrides the config
+
+
+def test_full_verification_lists_each_folder_once_and_stats_no_image(tmp_path, monkeypatch):
+    w = make_cuhk_pedes(str(tmp_path), num_ids=4, images_per_id=3)
+    root = str(tmp_path)
+    images = [r["path"] for r in w["records"] if r["split"] in ("train", "test")]
+    # a symbolic link to a file counts as present; a broken one, a folder and a missing folder do not
+    target = images[0] + ".real.png"
+    os.replace(images[0], target)
+    os.symlink(target, images[0])
+    os.remove(images[1])
+    os.symlink(images[1] + ".nowhere", images[1])
+    os.remove(images[2])
+    os.mkdir(images[2])
+    folders = sorted({os.path.dirname(p) for p in images})
+    calls = {"stat": 0, "scandir": []}
+    real_stat, real_scandir = os.stat, os.scandir
+
+    def counting_stat(*a, **k):
+        calls["stat"] += 1
+        return real_stat(*a, **k)
+
+    def counting_scandir(path="."):
+        calls["scandir"].append(os.path.normpath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "stat", counting_stat)
+    monkeypatch.setattr(os, "scandir", counting_scandir)
+    with pytest.raises(FileNotFoundError) as e:
+        CUHKPEDES(root=root)
+    msg = str(e.value)
+    assert f"2 of the {len(images)} images" in msg and images[1] in msg and images[2] in msg
+    assert images[0] not in msg.replace(images[0] + ".real", "")
+    assert sorted(calls["scandir"]) == folders  # each folder listed once
+    assert calls["stat"] <= 6 < len(images) == 24  # the root / folder / annotation checks, none per image
+
+
+# ---------------------------------------------------------------------- packed (Arrow) LUPerson-T
+@pytest.fixture()
+def packed(tmp_path):
+    """A LUPerson-T set in both layouts: (root, what was written, the JSON cfg, the Arrow cfg)."""
+    w = make_luperson_t(str(tmp_path), num_images=11, captions_per_image=2, size=(24, 12))
+    with open(w["annotation"]) as f:
+        entries = json.load(f)
+    entries[3]["captions"] = ["  padded caption  ", "", "  padded caption"]  # stripped, one empty, one repeat
+    entries.append(dict(entries[5], captions=["Listed again."]))  # merged into image 5
+    write_json(w["annotation"], entries)
+    output = str(tmp_path / "LUPerson-T" / "LUPerson_train.arrow")
+    result = pack_luperson_t(w["annotation"], w["image_dir"], output, rows_per_part=4, batch_bytes=2000,
+                             progress=False)
+    assert result.num_images == 11 and os.path.isfile(output) and not os.path.exists(output + ".parts")
+    json_cfg, arrow_cfg = get_unipt_cfg(), get_unipt_cfg()
+    arrow_cfg.DATASETS.LUPERSON_T.ANNOTATION = "LUPerson_train.arrow"
+    return str(tmp_path), w, json_cfg, arrow_cfg, output
+
+
+def test_arrow_and_json_layouts_give_the_same_items_and_images(packed):
+    root, w, json_cfg, arrow_cfg, output = packed
+    from_json = LUPersonT(root=root, cfg=json_cfg)
+    from_arrow = LUPersonT(root=root, cfg=arrow_cfg)
+    assert from_arrow.packed and not from_json.packed
+    # image 3 keeps one of its two captions, image 5 gains one
+    assert len(from_arrow.train) == len(from_json.train) == w["train"]["captions"] - 1 + 1
+    row_of = {}
+    for (jp, jc, jpid, jimg), (ap, ac, apid, aimg) in zip(from_json.train, from_arrow.train):
+        assert (jc, jpid, jimg) == (ac, apid, aimg)
+        assert ap == f"arrow:{output}#{aimg}"  # row = image id: one row per image, in file order
+        row_of[ap] = jp
+    assert (from_arrow.num_classes, from_arrow.num_train_images) == (from_json.num_classes, from_json.num_train_images)
+    assert len(row_of) == 11
+    tf = build_image_transform(json_cfg, is_train=False)
+    for ref, path in row_of.items():
+        a, b = read_image(ref), read_image(path)
+        assert a.size == b.size and np.array_equal(np.asarray(a), np.asarray(b))
+        assert torch.equal(tf(a), tf(b))
+    with open(row_of[f"arrow:{output}#0"], "rb") as f:
+        assert read_packed_image(f"arrow:{output}#0") == f.read()  # the file's bytes, as they were
+
+
+def test_arrow_layout_through_the_train_loader_with_workers(packed):
+    root, _, json_cfg, arrow_cfg, _ = packed
+    batches = {}
+    for name, cfg in (("json", json_cfg), ("arrow", arrow_cfg)):
+        cfg.DATASETS.ROOT = root
+        cfg.DATASETS.NAMES = ("LUPersonT",)
+        cfg.INPUT.SIZE_TRAIN = [16, 8]
+        cfg.INPUT.TEXT.MAX_LENGTH = 16
+        cfg.SOLVER.IMS_PER_BATCH = 4
+        cfg.DATALOADER.NUM_WORKERS = 2  # each worker opens the packed file itself
+        batches[name] = list(itertools.islice(iter(build_t2i_train_loader(cfg)), 3))
+    for a, b in zip(batches["json"], batches["arrow"]):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_packed_verification_and_read_errors(packed, tmp_path):
+    import pyarrow as pa
+
+    root, _, _, arrow_cfg, output = packed
+    table = pa.ipc.open_file(pa.memory_map(output)).read_all()
+
+    def write(t, name="bad.arrow"):
+        path = str(tmp_path / "LUPerson-T" / name)
+        with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, t.schema) as writer:
+            writer.write_table(t)
+        arrow_cfg.DATASETS.LUPERSON_T.ANNOTATION = name
+        return path
+
+    images = table.column("image").to_pylist()
+    images[2] = b""
+    bad = write(table.set_column(0, "image", pa.array(images, pa.binary())))
+    with pytest.raises(ImageReadError, match=rf"1 of the 11 images of {re.escape(bad)} .*rows \[2\]"):
+        LUPersonT(root=root, cfg=arrow_cfg)  # "full": every row has image bytes
+    arrow_cfg.DATASETS.VERIFY_IMAGES = "lazy"
+    data = LUPersonT(root=root, cfg=arrow_cfg)
+    with pytest.raises(ImageReadError, match=rf"row 2 of packed image file {re.escape(bad)} has an empty image"):
+        read_image(next(p for p, _, _, img in data.train if img == 2))
+    with pytest.raises(ImageReadError, match=r"row 11 of packed image file .* does not exist \(it has 11 rows\)"):
+        read_image(f"arrow:{bad}#11")
+    with pytest.raises(FileNotFoundError, match="packed image file not found: /no/such.arrow"):
+        read_image("arrow:/no/such.arrow#0")
+
+
+@pytest.mark.parametrize("change,pattern", [
+    ("drop_split", r"no column 'split'"),
+    ("int_caption", r"column 'caption' is int64"),
+    ("null_caption", r"column 'caption' is null in rows \[1\]"),
+    ("repeated_id", r"image_id 3 is in rows 3 and 7"),
+    ("unknown_split", r"row 4: column 'split' is 'dev', not one of"),
+    ("not_arrow", r"not an Arrow IPC file"),
+])
+def test_bad_packed_files_are_refused(packed, tmp_path, change, pattern):
+    import pyarrow as pa
+
+    root, _, _, arrow_cfg, output = packed
+    table = pa.ipc.open_file(pa.memory_map(output)).read_all()
+    path = str(tmp_path / "LUPerson-T" / "bad.arrow")
+    arrow_cfg.DATASETS.LUPERSON_T.ANNOTATION = "bad.arrow"
+    n = table.num_rows
+    if change == "drop_split":
+        table = table.drop_columns(["split"])
+    elif change == "int_caption":
+        table = table.set_column(1, "caption", pa.array(range(n), pa.int64()))
+    elif change == "null_caption":
+        caps = table.column("caption").to_pylist()
+        caps[1] = None
+        table = table.set_column(1, "caption", pa.array(caps, pa.list_(pa.string())))
+    elif change == "repeated_id":
+        ids = list(range(n))
+        ids[7] = 3
+        table = table.set_column(2, "image_id", pa.array(ids, pa.int64()))
+    elif change == "unknown_split":
+        table = table.set_column(3, "split", pa.array(["train"] * 4 + ["dev"] + ["train"] * (n - 5)))
+    if change == "not_arrow":
+        with open(path, "w") as f:
+            f.write('[{"file_path": "a.jpg"}]')
+    else:
+        with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+    with pytest.raises(DatasetFormatError, match=pattern) as e:
+        LUPersonT(root=root, cfg=arrow_cfg)
+    assert path in str(e.value) and "tools/pack_dataset.py" in str(e.value)
+
+
+def test_pack_resumes_after_an_interruption(tmp_path, monkeypatch):
+    from unipt_plugin.data.datasets import arrow_layout
+
+    w = make_luperson_t(str(tmp_path), num_images=10, captions_per_image=1, size=(24, 12))
+    whole = str(tmp_path / "whole.arrow")
+    pack_luperson_t(w["annotation"], w["image_dir"], whole, rows_per_part=3, progress=False)
+    output = str(tmp_path / "resumed.arrow")
+    real_read, reads = arrow_layout._read_file, []
+
+    def interrupted(path, decode_check):
+        reads.append(path)
+        if len(reads) == 8:  # in the third part
+            raise KeyboardInterrupt
+        return real_read(path, decode_check)
+
+    monkeypatch.setattr(arrow_layout, "_read_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pack_luperson_t(w["annotation"], w["image_dir"], output, rows_per_part=3, progress=False)
+    assert not os.path.exists(output)  # nothing half-written at the output
+    parts = sorted(os.listdir(output + ".parts"))
+    assert parts == ["manifest.json", "part-00000.arrow", "part-00001.arrow"]  # no temporary left behind
+    monkeypatch.setattr(arrow_layout, "_read_file", real_read)
+    result = pack_luperson_t(w["annotation"], w["image_dir"], output, rows_per_part=3, progress=False)
+    assert result.parts_reused == 2 and result.num_images == 10
+    import pyarrow as pa
+
+    assert pa.ipc.open_file(pa.memory_map(output)).read_all().equals(pa.ipc.open_file(pa.memory_map(whole)).read_all())
+    # parts of a pack of other inputs are not reused
+    os.makedirs(output + ".parts")
+    write_json(os.path.join(output + ".parts", "manifest.json"), {"version": 0})
+    assert pack_luperson_t(w["annotation"], w["image_dir"], output, rows_per_part=3, progress=False).parts_reused == 0
+
+
+def test_pack_names_a_bad_image(tmp_path):
+    w = make_luperson_t(str(tmp_path), num_images=4)
+    empty = w["records"][2]["path"]
+    open(empty, "wb").close()
+    with pytest.raises(ImageReadError, match=rf"image file is empty \(0 bytes\): {re.escape(empty)}"):
+        pack_luperson_t(w["annotation"], w["image_dir"], str(tmp_path / "out.arrow"), progress=False)
+    os.remove(empty)
+    with pytest.raises(FileNotFoundError, match=re.escape(empty)):
+        pack_luperson_t(w["annotation"], w["image_dir"], str(tmp_path / "out.arrow"), progress=False)
+    with pytest.raises(ValueError, match=r"must end with '\.arrow'"):
+        pack_luperson_t(w["annotation"], w["image_dir"], str(tmp_path / "out.feather"), progress=False)
+
+
+def test_a_long_construction_logs_its_progress(cuhk, monkeypatch, caplog, capsys):
+    from unipt_plugin.data.datasets import base
+
+    monkeypatch.setattr(base, "_PROGRESS_DELAY_S", 0.0)  # as if every step took long
+    root, w, _ = cuhk
+    with caplog.at_level(logging.INFO, logger="unipt_plugin.data.datasets.base"):
+        CUHKPEDES(root=root)
+    messages = [r.getMessage() for r in caplog.records]
+    total = sum(w[s]["images"] for s in ("train", "val", "test"))
+    assert any(m.startswith(f"CUHKPEDES: parsing reid_raw.json: 0 / {total} entries") for m in messages)
+    assert any(m.startswith("CUHKPEDES: checking images: 0 / ") and "folders" in m for m in messages)
+    assert any(f"{w['train']['captions']} training items" in m and "DATASETS.VERIFY_IMAGES = 'full'" in m
+               for m in messages)
+    assert capsys.readouterr().out == ""  # logged (stderr is no terminal here), never printed
+
+
+def test_a_packed_file_with_captions_to_clean_gives_the_json_items(packed, tmp_path, caplog):
+    """A file not written by the packer: raw captions (padded, empty, repeated), a "val" row, rows
+    of several record batches; cleaned as the JSON layout cleans them."""
+    import pyarrow as pa
+
+    root, w, json_cfg, arrow_cfg, _ = packed
+    with open(w["annotation"]) as f:
+        entries = json.load(f)
+    merged = {}  # one row per image, raw captions in file order (what the JSON lists for it)
+    for e in entries:
+        merged.setdefault(e["file_path"], []).extend(e["captions"])
+    rels = list(merged)
+    rows = {"image": [], "caption": [], "image_id": [], "split": []}
+    for i, rel in enumerate(rels):
+        if i == 2:  # a row of another split before image 2: not used
+            rows["image"].append(b"not an image")
+            rows["caption"].append(["Validation caption."])
+            rows["image_id"].append(1000)
+            rows["split"].append("val")
+        with open(os.path.join(w["image_dir"], rel), "rb") as f:
+            rows["image"].append(f.read())
+        rows["caption"].append(merged[rel] + ([" trailing space ", "\u2003"] if i == 6 else []))
+        rows["image_id"].append(50 - i)  # any unique ids
+        rows["split"].append("train")
+    schema = pa.schema([("image", pa.large_binary()), ("caption", pa.list_(pa.large_string())),
+                        ("image_id", pa.int32()), ("split", pa.string())])
+    path = str(tmp_path / "LUPerson-T" / "raw.arrow")
+    table = pa.Table.from_pydict(rows, schema=schema)
+    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+        for batch in table.to_batches(max_chunksize=4):
+            writer.write_batch(batch)
+    arrow_cfg.DATASETS.LUPERSON_T.ANNOTATION = "raw.arrow"
+    for e in entries:
+        if e["file_path"] == rels[6]:
+            e["captions"] = e["captions"] + [" trailing space ", "\u2003"]
+    write_json(w["annotation"], entries)
+    with caplog.at_level(logging.WARNING):
+        from_json = LUPersonT(root=root, cfg=json_cfg)
+        from_arrow = LUPersonT(root=root, cfg=arrow_cfg)
+    assert [item[1:] for item in from_arrow.train] == [item[1:] for item in from_json.train]
+    assert (from_arrow.num_empty_captions, from_arrow.num_repeated_captions) == \
+        (from_json.num_empty_captions, from_json.num_repeated_captions) == (2, 1)
+    assert "trailing space" in [c for _, c, _, _ in from_arrow.train]
+    for (jp, _, _, img), (ap, _, _, _) in zip(from_json.train, from_arrow.train):
+        row = img + (img >= 2)  # the "val" row sits before image 2
+        assert ap == f"arrow:{path}#{row}"
+        assert np.array_equal(np.asarray(read_image(ap)), np.asarray(read_image(jp)))
+    assert any("LUPersonT: skipped 2 empty" in r.getMessage() and "(rows [4, 7])" in r.getMessage()  # file rows
+               for r in caplog.records)

@@ -93,9 +93,10 @@ def test_transform_resize_scale_and_flip(tmp_path, root):
     img = Image.fromarray(arr)
     test_t = build_image_transform(cfg, is_train=False)
     plain = test_t(img)
-    ref = np.asarray(img.resize((W, H), Image.Resampling.BICUBIC), dtype=np.float32).transpose(2, 0, 1)
-    assert plain.dtype == torch.float32 and plain.shape == (3, H, W)
-    assert torch.allclose(plain, torch.from_numpy(ref), atol=1.0)  # 0-255 scale, not normalised
+    # uint8 0-255, not normalised: exactly PIL's own bicubic resize of the 8-bit image
+    ref = np.asarray(img.resize((W, H), Image.Resampling.BICUBIC)).transpose(2, 0, 1)
+    assert plain.dtype == torch.uint8 and plain.shape == (3, H, W)
+    assert torch.equal(plain, torch.from_numpy(ref.copy()))
     cfg.INPUT.FLIP.PROB = 1.0
     assert torch.equal(build_image_transform(cfg, is_train=True)(img), plain.flip(-1))
     cfg.INPUT.FLIP.PROB = 0.0
@@ -106,6 +107,13 @@ def test_transform_resize_scale_and_flip(tmp_path, root):
 
 
 # ---------------------------------------------------------------------- train loader
+def _width(mask, max_length=16, multiple=8):
+    """Expected padded width under the default INPUT.TEXT.PADDING "longest": the longest caption
+    (real tokens of the mask) rounded up to a multiple of 8, at most MAX_LENGTH."""
+    longest = int(mask.sum(1).max())
+    return min(max_length, -(-longest // multiple) * multiple)
+
+
 def _unflipped(cfg, path):
     return build_image_transform(cfg, is_train=False)(read_image(path))
 
@@ -123,11 +131,11 @@ def test_train_batches(root, prob):
     pid_of_img = {img_id: pid for _, _, pid, img_id in items}
     batch = next(iter(loader))
     assert set(batch) == {"images", "text_ids", "text_mask", "targets", "img_ids"}
-    assert batch["images"].dtype == torch.float32 and batch["images"].shape == (4, 3, H, W)
+    assert batch["images"].dtype == torch.uint8 and batch["images"].shape == (4, 3, H, W)
     for key in ("text_ids", "text_mask", "targets", "img_ids"):
         assert batch[key].dtype == torch.long
-    assert batch["text_ids"].shape == batch["text_mask"].shape == (4, 16)
-    assert batch["images"].max() > 1.5 and batch["images"].min() >= 0  # 0-255 scale
+    assert batch["text_ids"].shape == batch["text_mask"].shape == (4, _width(batch["text_mask"]))
+    assert batch["images"].max() > 1 and batch["images"].min() >= 0  # 0-255 scale
     for i in range(4):
         img_id = int(batch["img_ids"][i])
         assert int(batch["targets"][i]) == pid_of_img[img_id]
@@ -144,10 +152,12 @@ def test_train_captions_match_items(root):
     tok = build_tokenizer(cfg)
     captions_of_img = {}
     for _, c, _, img_id in loader.dataset.img_items:
-        captions_of_img.setdefault(img_id, []).append(tok([c])["input_ids"][0])
+        one = tok([c])  # alone: padded to its own length
+        captions_of_img.setdefault(img_id, []).append(one["input_ids"][0][one["attention_mask"][0].bool()])
     for batch in itertools.islice(loader, 3):
-        for ids, img_id in zip(batch["text_ids"], batch["img_ids"].tolist()):
-            assert any(torch.equal(ids, ref) for ref in captions_of_img[img_id])
+        for ids, mask, img_id in zip(batch["text_ids"], batch["text_mask"], batch["img_ids"].tolist()):
+            assert any(torch.equal(ids[mask.bool()], ref) for ref in captions_of_img[img_id])
+            assert (ids[~mask.bool()] == tok.pad_id).all()
 
 
 def test_training_sampler_covers_an_epoch_and_is_seeded(root):
@@ -273,13 +283,13 @@ def test_test_loader_covers_everything_once(root, name):
         if "images" in batch:
             seen_images = True
             assert set(batch) == {"images", "targets", "img_ids"}
-            assert batch["images"].shape[1:] == (3, H, W) and batch["images"].dtype == torch.float32
+            assert batch["images"].shape[1:] == (3, H, W) and batch["images"].dtype == torch.uint8
             img_ids += batch["img_ids"].tolist()
             img_pids += batch["targets"].tolist()
         else:
             assert not seen_images  # queries first
             assert set(batch) == {"text_ids", "text_mask", "targets"}
-            assert batch["text_ids"].dtype == torch.long and batch["text_ids"].shape[1] == 16
+            assert batch["text_ids"].dtype == torch.long and batch["text_ids"].shape[1] == _width(batch["text_mask"])
             text_pids += batch["targets"].tolist()
     recs = [x for x in w["records"] if x["split"] == split]
     assert Counter(text_pids) == Counter(x["pid"] for x in recs for _ in x["captions"])  # raw ids
@@ -302,3 +312,89 @@ def test_modality_batch_sampler_distributed():
     for rank in range(world):
         s = ModalityBatchSampler(num_query, num_gallery, 2, rank, world)
         assert len(s) == len(list(s))
+
+
+# ---------------------------------------------------------------------- test loader: persistent, cached
+@pytest.fixture()
+def no_cached_loaders():
+    from unipt_plugin.data.build import clear_test_loader_cache
+
+    clear_test_loader_cache()
+    yield
+    clear_test_loader_cache()  # the cached loaders' worker processes end with them
+
+
+def test_test_loader_workers_persist_between_passes(root, no_cached_loaders):
+    r, _ = root
+    assert build_t2i_test_loader(_cfg(r, workers=0), "CUHKPEDES")[0].persistent_workers is False
+    loader, _ = build_t2i_test_loader(_cfg(r, workers=1), "CUHKPEDES")
+    assert loader.persistent_workers is True
+    first = _batches(loader, len(loader))
+    pids = [w.pid for w in loader._iterator._workers]
+    second = _batches(loader, len(loader))
+    assert [w.pid for w in loader._iterator._workers] == pids  # the same worker processes
+    _assert_same_batches(first, second)
+    _assert_same_batches(first, _batches(build_t2i_test_loader(_cfg(r, workers=0), "CUHKPEDES")[0], len(loader)))
+
+
+def test_test_loader_is_cached_for_a_frozen_config(root, no_cached_loaders):
+    r, _ = root
+    cfg = _cfg(r)
+    cfg.freeze()
+    loader, num_query = build_t2i_test_loader(cfg, "CUHKPEDES")
+    again, n_again = build_t2i_test_loader(cfg.clone(), "CUHKPEDES")  # an equal config: the same loader
+    assert again is loader and n_again == num_query
+    assert build_t2i_test_loader(cfg, "RSTPReid")[0] is not loader  # per dataset name
+    assert build_t2i_test_loader(cfg, "CUHKPEDES")[0] is loader
+    other = _cfg(r)
+    other.TEST.IMS_PER_BATCH = 3
+    other.freeze()
+    replaced, _ = build_t2i_test_loader(other, "CUHKPEDES")  # another config: rebuilt
+    assert replaced is not loader and replaced.batch_sampler.batch_size == 3
+    unfrozen = _cfg(r)  # never cached: it may still change
+    assert build_t2i_test_loader(unfrozen, "CUHKPEDES")[0] is not build_t2i_test_loader(unfrozen, "CUHKPEDES")[0]
+
+
+# ---------------------------------------------------------------------- per-sample seeding
+def _seeded_items(cfg):
+    loader = build_t2i_train_loader(cfg)
+    return loader, loader.dataset
+
+
+def test_seeded_items_never_touch_cuda_generators(root, monkeypatch):
+    r, _ = root
+    cfg = _cfg(r, batch=4, flip_prob=0.5, workers=0)
+    loader, dataset = _seeded_items(cfg)
+    calls = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: calls.append(("manual_seed_all", seed)))
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda seed: calls.append(("manual_seed", seed)))
+    torch.manual_seed(123)  # the spy can tell: torch.manual_seed reseeds the CUDA generators
+    assert calls == [("manual_seed_all", 123)]
+    calls.clear()
+    cpu_state = torch.get_rng_state()
+    seeds = [sample_seed(0, 0, p) for p in range(12)]
+    items = [dataset[(i % len(dataset), s)] for i, s in enumerate(seeds)]
+    for _ in itertools.islice(loader, 2):  # and through the loader (NUM_WORKERS 0: this process)
+        pass
+    assert calls == []
+    assert torch.equal(torch.get_rng_state(), cpu_state)  # the process's CPU RNG is left as it was
+    # the flips are those of the CPU generator seeded with each sample's seed, drawn by hand
+    flipped = []
+    for i, (seed, item) in enumerate(zip(seeds, items)):
+        path = dataset.img_items[i % len(dataset)][0]
+        ref = _unflipped(cfg, path)
+        flip = bool(torch.rand(1, generator=torch.Generator().manual_seed(seed)) < 0.5)
+        assert torch.equal(item["image"], ref.flip(-1) if flip else ref), i
+        flipped.append(flip)
+    assert 0 < sum(flipped) < len(flipped)  # both outcomes occur: the comparison can tell
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_seeded_items_leave_the_cuda_rng_state_unchanged(root):
+    r, _ = root
+    _, dataset = _seeded_items(_cfg(r, batch=4, flip_prob=0.5, workers=0))
+    torch.cuda.manual_seed_all(7)
+    before = torch.cuda.get_rng_state()
+    for p in range(8):
+        dataset[(p % len(dataset), sample_seed(0, 0, p))]
+    assert torch.equal(torch.cuda.get_rng_state(), before)

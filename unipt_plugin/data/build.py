@@ -4,19 +4,33 @@
 items of every dataset in cfg.DATASETS.NAMES (pids and image ids offset so that they stay
 distinct across datasets), batches of SOLVER.IMS_PER_BATCH // world_size:
 
-    {"images": float (B,3,H,W) 0-255, "text_ids": long (B,L), "text_mask": long (B,L),
+    {"images": uint8 (B,3,H,W) 0-255, "text_ids": long (B,L), "text_mask": long (B,L),
      "targets": long (B,) 0..C-1, "img_ids": long (B,)}
 
-``build_t2i_test_loader(cfg, name) -> (loader, num_query)``: text batches {"text_ids",
-"text_mask", "targets"} for every query caption, then image batches {"images", "targets",
-"img_ids"} for every gallery image; raw person ids. Distributed: each rank gets a contiguous
-share of each modality (the evaluator gathers in rank order).
+``build_t2i_test_loader(cfg, name) -> (loader, num_query)``: text batches {"text_ids" long
+(B,L), "text_mask" long (B,L), "targets" long (B,)} for every query caption, then image batches
+{"images" uint8 (B,3,H,W) 0-255, "targets" long (B,), "img_ids" long (B,)} for every gallery
+image; raw person ids. Distributed: each rank gets a contiguous share of each modality (the
+evaluator gathers in rank order).
+
+Images stay uint8 up to the model (4x less shared memory and host-to-device traffic than
+float32); the meta-architectures' ``ImageNormalizer`` converts them to float32 on the model's
+device and normalises, giving the same values as float32 0-255 batches. Captions are padded per
+INPUT.TEXT.PADDING: "longest" (default) = the batch's longest caption rounded up to
+INPUT.TEXT.PAD_MULTIPLE (<= MAX_LENGTH), "max_length" = always MAX_LENGTH; "longest" is refused
+for a meta-architecture that pools over padding (``tokenizer.check_padding``).
 
 Plain torch DataLoaders (fast-reid's ``DataLoaderX`` needs CUDA): pin_memory only when CUDA is
 available; workers are seeded from cfg.SEED (when >= 0) and the rank. Training batches come from
 a ``ResumableBatchSampler``: each sample's augmentation is drawn from its own seed (run seed,
 rank, stream position), so batches do not depend on the number of workers, and ``--resume``
 can start the stream at any batch (docs/determinism.md).
+
+Test loaders keep their worker processes between passes (persistent_workers when
+DATALOADER.NUM_WORKERS > 0), and for a frozen cfg (a run's) the built test loader is cached per
+dataset name: fast-reid's trainer calls ``build_test_loader`` at every evaluation, which then
+reuses the same loader, its workers and its dataset instead of re-reading the annotations and
+re-spawning the workers.
 """
 from __future__ import annotations
 
@@ -33,15 +47,20 @@ from torch.utils.data import DataLoader
 
 from .common import (IdentityView, ModalityBatchSampler, ResumableBatchSampler, T2ITestSet, T2ITrainSet,
                      TestCollator, TrainCollator)
+from .serialize import PackedItems
 from .datasets.base import TextImageDataset
 from .tokenizer import build_tokenizer
 from .transforms import build_image_transform
 
-__all__ = ["build_t2i_train_loader", "build_t2i_test_loader", "build_dataset", "seed_worker"]
+__all__ = ["build_t2i_train_loader", "build_t2i_test_loader", "build_dataset", "clear_test_loader_cache",
+           "seed_worker"]
 
 logger = logging.getLogger(__name__)
 
 _SAMPLERS = ("TrainingSampler", "NaiveIdentitySampler", "BalancedIdentitySampler")
+
+# dataset name -> (cache key, loader, num_query); see build_t2i_test_loader.
+_TEST_LOADERS: dict[str, tuple[tuple[str, int, int], DataLoader, int]] = {}
 
 
 def build_dataset(cfg: Any, name: str) -> TextImageDataset:
@@ -81,7 +100,7 @@ def _per_process(total: int, what: str) -> int:
 
 def build_t2i_train_loader(cfg: Any) -> DataLoader:
     """Infinite training loader over cfg.DATASETS.NAMES; ``loader.dataset.num_classes`` = C."""
-    items: list[tuple[str, str, int, int]] = []
+    parts: list[PackedItems] = []  # packed: loader workers do not copy the items (serialize.py)
     num_classes = 0
     num_images = 0
     for name in cfg.DATASETS.NAMES:
@@ -90,12 +109,13 @@ def build_t2i_train_loader(cfg: Any) -> DataLoader:
             raise ValueError(f"dataset {name!r} has no training split")
         if comm.is_main_process():
             data.show_train()
-        items.extend((p, c, pid + num_classes, img + num_images) for p, c, pid, img in data.train)
+        # pids (field 2) and image ids (field 3) offset so that they stay distinct across datasets
+        parts.append(data.train.shifted({2: num_classes, 3: num_images}))
         num_classes += data.num_classes
         num_images += data.num_train_images
-    if not items:
+    if not parts:
         raise ValueError("DATASETS.NAMES is empty: no training data")
-    train_set = T2ITrainSet(items, build_image_transform(cfg, is_train=True), num_classes)
+    train_set = T2ITrainSet(PackedItems.concatenate(parts), build_image_transform(cfg, is_train=True), num_classes)
 
     mini_batch = _per_process(int(cfg.SOLVER.IMS_PER_BATCH), "SOLVER.IMS_PER_BATCH")
     # SEED < 0: one random seed shared by every process (as fast-reid's samplers draw it)
@@ -126,8 +146,26 @@ def build_t2i_train_loader(cfg: Any) -> DataLoader:
     )
 
 
+def clear_test_loader_cache() -> None:
+    """Forget the cached test loaders (their worker processes end when the loaders are freed)."""
+    _TEST_LOADERS.clear()
+
+
 def build_t2i_test_loader(cfg: Any, dataset_name: str) -> tuple[DataLoader, int]:
-    """(loader over queries then gallery, number of queries) for the test split of ``dataset_name``."""
+    """(loader over queries then gallery, number of queries) for the test split of ``dataset_name``.
+
+    With DATALOADER.NUM_WORKERS > 0 the workers persist between passes over the loader. For a
+    frozen ``cfg`` (what a run uses), the loader is cached per dataset name: a later call with an
+    equal config (same ``cfg.dump()``, rank and world size) returns the same loader; any other
+    config replaces the cached one. An unfrozen cfg is never cached (it may still change).
+    """
+    key = None
+    if cfg.is_frozen():
+        key = (cfg.dump(), comm.get_rank(), comm.get_world_size())
+        hit = _TEST_LOADERS.get(dataset_name)
+        if hit is not None and hit[0] == key:
+            logger.info("Reusing the test loader of %s", dataset_name)
+            return hit[1], hit[2]
     data = build_dataset(cfg, dataset_name)
     if not data.query or not data.gallery:
         raise ValueError(f"dataset {dataset_name!r} has no test split (query / gallery)")
@@ -139,13 +177,17 @@ def build_t2i_test_loader(cfg: Any, dataset_name: str) -> tuple[DataLoader, int]
         batch_size=max(1, int(cfg.TEST.IMS_PER_BATCH) // comm.get_world_size()),
         rank=comm.get_rank(), world_size=comm.get_world_size(),
     )
+    num_workers = int(cfg.DATALOADER.NUM_WORKERS)
     loader = DataLoader(
         test_set,
         batch_sampler=batch_sampler,
-        num_workers=int(cfg.DATALOADER.NUM_WORKERS),
+        num_workers=num_workers,
         collate_fn=TestCollator(build_tokenizer(cfg)),
         pin_memory=torch.cuda.is_available(),
         worker_init_fn=seed_worker,
         generator=_loader_generator(cfg, 1),
+        persistent_workers=num_workers > 0,
     )
+    if key is not None:
+        _TEST_LOADERS[dataset_name] = (key, loader, len(data.query))
     return loader, len(data.query)

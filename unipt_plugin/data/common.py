@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from .serialize import GALLERY_ITEM, QUERY_ITEM, TRAIN_ITEM, PackedItems
 from .tokenizer import TextTokenizer
 from .transforms import read_image
 
@@ -26,21 +27,46 @@ __all__ = ["T2ITrainSet", "T2ITestSet", "IdentityView", "TrainCollator", "TestCo
            "ResumableBatchSampler", "sample_seed"]
 
 
+def _packed(items: Sequence[tuple], kinds: tuple[str, ...], what: str) -> PackedItems:
+    """``items`` as ``PackedItems`` of ``kinds`` (packed when given as another sequence).
+
+    Stored packed, the items are not copied into DataLoader workers as they read them (see
+    unipt_plugin/data/serialize.py)."""
+    if isinstance(items, PackedItems):
+        if items.kinds != kinds:
+            raise ValueError(f"{what}: PackedItems of fields {items.kinds}; expected {kinds}")
+        return items
+    return PackedItems.from_rows(items, kinds)
+
+
+def _read_listed_image(path: str) -> Any:
+    """``read_image`` of an image a dataset lists; a missing file's error also names the check's key."""
+    try:
+        return read_image(path)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(
+            f"{e} (listed by the dataset's annotation file; listed images are checked when the dataset is "
+            "built only with DATASETS.VERIFY_IMAGES = \"full\", the default: with \"lazy\" a missing one "
+            "is found when it is first read)") from e
+
+
 class T2ITrainSet(Dataset):
     """Training items ``(img_path, caption, pid, image_id)`` -> dicts for ``TrainCollator``.
 
     Indexed by ``index`` or by ``(index, seed)`` (what ``ResumableBatchSampler`` yields): with a
     seed, the image transform's random draws (the horizontal flip) come from torch's RNG seeded
-    with it, inside ``torch.random.fork_rng`` so that the process's own RNG is left untouched.
+    with it, inside ``torch.random.fork_rng`` so that the process's own RNG is left untouched
+    (only the CPU generator is seeded; CUDA generators are never touched).
 
     Attributes:
         num_classes: number of training identities C (pids are 0..C-1); fast-reid's trainer
             reads it to size the classifier.
-        img_items: the items themselves (fast-reid's name).
+        img_items: the items themselves (fast-reid's name), as ``PackedItems`` (a sequence of
+            the same tuples, in the same order, that DataLoader workers read without copying).
     """
 
     def __init__(self, items: Sequence[tuple[str, str, int, int]], transform: Callable, num_classes: int) -> None:
-        self.img_items = list(items)
+        self.img_items = _packed(items, TRAIN_ITEM, "T2ITrainSet items")
         self.transform = transform
         self.num_classes = int(num_classes)
 
@@ -50,12 +76,15 @@ class T2ITrainSet(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         index, seed = key if isinstance(key, tuple) else (key, None)
         path, caption, pid, image_id = self.img_items[index]
-        img = read_image(path)
+        img = _read_listed_image(path)
         if seed is None:
             image = self.transform(img)
         else:
+            # CPU generator only: torch.manual_seed would also reseed every CUDA generator (and
+            # with NUM_WORKERS = 0 this runs in the training process, whose GPU dropout masks
+            # would then repeat per sample); fork_rng(devices=[]) restores the CPU state after.
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
+                torch.default_generator.manual_seed(seed)
                 image = self.transform(img)
         return {"image": image, "caption": caption, "target": pid, "img_id": image_id}
 
@@ -66,30 +95,49 @@ class IdentityView(Sequence):
     fast-reid's ``NaiveIdentitySampler`` reads ``item[1]`` as the pid and
     ``BalancedIdentitySampler`` unpacks ``(_, pid, camid)``; the image id plays the camera's
     role, so that a balanced batch prefers captions of other images of the same person.
+
+    Reads the pid and image-id columns of ``PackedItems`` directly (int64 arrays; the samplers
+    enumerate all N items once when they are built); other sequences item by item.
     """
 
     def __init__(self, items: Sequence[tuple[str, str, int, int]]) -> None:
         self._items = items
+        self._columns = None
+        if isinstance(items, PackedItems) and items.kinds == TRAIN_ITEM:
+            self._columns = (items.int_column(2), items.int_column(3))
 
     def __len__(self) -> int:
         return len(self._items)
 
     def __getitem__(self, index: int) -> tuple[int, int, int]:  # type: ignore[override]
+        if self._columns is not None:
+            if index < 0:
+                index += len(self._items)
+            if not 0 <= index < len(self._items):
+                raise IndexError(f"IdentityView index {index} out of range for {len(self._items)} items")
+            return index, int(self._columns[0][index]), int(self._columns[1][index])
         _, _, pid, image_id = self._items[index]
         return index, pid, image_id
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        if self._columns is None:
+            yield from super().__iter__()
+            return
+        yield from zip(range(len(self._items)), self._columns[0].tolist(), self._columns[1].tolist())
 
 
 class T2ITestSet(Dataset):
     """Queries then gallery: index < num_query is a caption, the rest are images.
 
     ``__getitem__`` returns {"caption", "target"} for a query and {"image", "target",
-    "img_id"} for a gallery image (raw person ids).
+    "img_id"} for a gallery image (raw person ids). ``query`` and ``gallery`` are stored as
+    ``PackedItems`` (not copied into DataLoader workers).
     """
 
     def __init__(self, query: Sequence[tuple[str, int]], gallery: Sequence[tuple[str, int, int]],
                  transform: Callable) -> None:
-        self.query = list(query)
-        self.gallery = list(gallery)
+        self.query = _packed(query, QUERY_ITEM, "T2ITestSet query")
+        self.gallery = _packed(gallery, GALLERY_ITEM, "T2ITestSet gallery")
         self.num_query = len(self.query)
         self.transform = transform
 
@@ -101,23 +149,28 @@ class T2ITestSet(Dataset):
             caption, pid = self.query[index]
             return {"caption": caption, "target": pid}
         path, pid, image_id = self.gallery[index - self.num_query]
-        return {"image": self.transform(read_image(path)), "target": pid, "img_id": image_id}
+        return {"image": self.transform(_read_listed_image(path)), "target": pid, "img_id": image_id}
 
 
 def _tokenize(tokenizer: TextTokenizer, captions: list[str]) -> dict[str, torch.Tensor]:
+    """B captions -> {"text_ids": long (B, L), "text_mask": long (B, L)}; L = MAX_LENGTH or the
+    batch's longest caption rounded up to PAD_MULTIPLE (INPUT.TEXT.PADDING)."""
     tok = tokenizer(captions)
     return {"text_ids": tok["input_ids"].long(), "text_mask": tok["attention_mask"].long()}
 
 
 class TrainCollator:
-    """list of train dicts -> {"images" float (B,3,H,W), "text_ids" long (B,L), "text_mask" long (B,L),
-    "targets" long (B,), "img_ids" long (B,)}."""
+    """list of train dicts -> {"images" uint8 (B,3,H,W) 0-255, "text_ids" long (B,L), "text_mask" long (B,L),
+    "targets" long (B,), "img_ids" long (B,)}.
+
+    Images are stacked as the transform made them (uint8 from ``build_image_transform``; the
+    model converts to float32 on its device); L per INPUT.TEXT.PADDING (see ``_tokenize``)."""
 
     def __init__(self, tokenizer: TextTokenizer) -> None:
         self.tokenizer = tokenizer
 
     def __call__(self, batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        out = {"images": torch.stack([b["image"] for b in batch]).float()}
+        out = {"images": torch.stack([b["image"] for b in batch])}
         out.update(_tokenize(self.tokenizer, [b["caption"] for b in batch]))
         out["targets"] = torch.tensor([b["target"] for b in batch], dtype=torch.long)
         out["img_ids"] = torch.tensor([b["img_id"] for b in batch], dtype=torch.long)
@@ -140,7 +193,7 @@ class TestCollator:
             out = _tokenize(self.tokenizer, [b["caption"] for b in batch])
             out["targets"] = targets
             return out
-        return {"images": torch.stack([b["image"] for b in batch]).float(), "targets": targets,
+        return {"images": torch.stack([b["image"] for b in batch]), "targets": targets,
                 "img_ids": torch.tensor([b["img_id"] for b in batch], dtype=torch.long)}
 
 

