@@ -314,6 +314,29 @@ def test_modality_batch_sampler_distributed():
         assert len(s) == len(list(s))
 
 
+def test_modality_batch_sampler_query_order_is_split_in_rank_order():
+    num_query, num_gallery, world = 11, 5, 3
+    order = [4, 9, 0, 10, 2, 7, 1, 8, 3, 6, 5]
+    single = [i for b in ModalityBatchSampler(num_query, num_gallery, 4, query_order=order) for i in b]
+    assert single == order + list(range(num_query, num_query + num_gallery))
+    gathered = [i for rank in range(world) for b in ModalityBatchSampler(num_query, num_gallery, 2, rank, world,
+                                                                         query_order=order) for i in b if i < num_query]
+    assert gathered == order  # rank shares of the order, concatenated in rank order
+    with pytest.raises(ValueError, match="query_order has 3 entries for 11 queries"):
+        ModalityBatchSampler(num_query, num_gallery, 2, query_order=[0, 1, 2])
+
+
+def test_test_loader_batches_queries_by_caption_length(root):
+    # Each query once, shortest caption first, so a batch is padded to similar lengths.
+    r, _ = root
+    cfg = _cfg(r)
+    loader, num_query = build_t2i_test_loader(cfg, "CUHKPEDES")
+    order = [i for b in loader.batch_sampler for i in b if i < num_query]
+    assert sorted(order) == list(range(num_query))
+    lengths = [len(loader.dataset.query[i][0]) for i in order]
+    assert lengths == sorted(lengths) and len(set(lengths)) > 1
+
+
 # ---------------------------------------------------------------------- test loader: persistent, cached
 @pytest.fixture()
 def no_cached_loaders():

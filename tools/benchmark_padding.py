@@ -9,6 +9,10 @@ the project's tokenizer (``build_tokenizer``), once with INPUT.TEXT.PADDING "lon
 once with "max_length" (always ``--max-length``), and B x L is summed over the batches. Also
 printed: the real (non-padding) tokens, i.e. the share of each layout that is padding.
 
+Training batches are random (as the training sampler draws them). Test batches are made the way
+``build_t2i_test_loader`` makes them, queries sorted by caption length (``--test-batch-size``,
+default 256 as the paper configs' TEST.IMS_PER_BATCH); they are reported on a second line.
+
 The text encoder's cost per layer grows with B x L (and its attention with B x L^2), so the
 ratio is the saving of text-side compute and of the token tensors' memory.
 
@@ -83,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pad-multiple", type=int, default=8, help="INPUT.TEXT.PAD_MULTIPLE (default 8)")
     p.add_argument("--tokenizer", default="bert", choices=("bert", "clip"), help="INPUT.TEXT.TOKENIZER")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic captions")
+    p.add_argument("--test-batch-size", type=int, default=256, help="captions per test batch (default 256)")
     args = p.parse_args(argv)
     if args.batches < 1 or args.batch_size < 1:
         p.error("--batches and --batch-size must be >= 1")
@@ -101,7 +106,15 @@ def main(argv: list[str] | None = None) -> int:
           f"{r['mean_width_dynamic']:.1f}), {100 * (1 - r['real'] / r['dynamic']):.1f}% padding")
     print(f"ratio fixed / dynamic:      {r['ratio']:9.2f}x fewer text tokens per batch (B x L), "
           f"{r['attn_ratio']:.2f}x fewer attention scores (B x L^2)")
+    ordered = sorted(captions, key=len)  # the test loader's query order (build_t2i_test_loader)
+    t = count_tokens(ordered, args.test_batch_size, args.max_length, args.pad_multiple, args.tokenizer)
+    print(f"test batches of {args.test_batch_size}, queries sorted by length: {t['fixed'] / max(1, t['batches']):.1f} "
+          f"fixed vs {t['dynamic'] / max(1, t['batches']):.1f} dynamic tokens per batch: {t['ratio']:.2f}x fewer")
     return 0
+    ordered = sorted(captions, key=len)  # the test loader's order (build_t2i_test_loader)
+    t = count_tokens(ordered, args.test_batch_size, args.max_length, args.pad_multiple, args.tokenizer)
+    print(f"test batches of {args.test_batch_size}, sorted by length: {t['fixed'] / max(1, t['batches']):9.1f} fixed vs "
+          f"{t['dynamic'] / max(1, t['batches']):9.1f} dynamic tokens per batch: {t['ratio']:.2f}x fewer")
 
 
 if __name__ == "__main__":

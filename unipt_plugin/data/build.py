@@ -172,10 +172,14 @@ def build_t2i_test_loader(cfg: Any, dataset_name: str) -> tuple[DataLoader, int]
     if comm.is_main_process():
         data.show_test()
     test_set = T2ITestSet(data.query, data.gallery, build_image_transform(cfg, is_train=False))
+    # Queries batched shortest caption first (characters, a proxy for tokens): each batch is
+    # padded to captions of about the same length. Stable, so equal lengths keep file order.
+    lengths = np.fromiter((len(caption) for caption, _ in data.query), dtype=np.int64, count=len(data.query))
     batch_sampler = ModalityBatchSampler(
         len(data.query), len(data.gallery),
         batch_size=max(1, int(cfg.TEST.IMS_PER_BATCH) // comm.get_world_size()),
         rank=comm.get_rank(), world_size=comm.get_world_size(),
+        query_order=np.argsort(lengths, kind="stable").tolist(),
     )
     num_workers = int(cfg.DATALOADER.NUM_WORKERS)
     loader = DataLoader(

@@ -208,21 +208,35 @@ def _shard(begin: int, end: int, rank: int, world_size: int) -> range:
 class ModalityBatchSampler(Sampler):
     """Batches of test indices that never mix queries (0..num_query-1) and gallery (num_query..).
 
-    With ``world_size`` processes, rank r gets the r-th contiguous share of the queries and of
-    the gallery, so that gathering features in rank order restores the original order.
+    ``query_order`` (a permutation of the query indices; default: 0..num_query-1) is the order in
+    which queries are batched: the test loader passes the queries sorted by caption length, so
+    that each batch is padded to captions of similar length (dynamic padding does far less
+    work). The evaluator's metrics do not depend on the order of the queries.
+
+    With ``world_size`` processes, rank r gets the r-th contiguous share of that query order and
+    of the gallery, so that gathering features in rank order gives the single-process order.
     """
 
-    def __init__(self, num_query: int, num_gallery: int, batch_size: int, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, num_query: int, num_gallery: int, batch_size: int, rank: int = 0, world_size: int = 1,
+                 query_order: Sequence[int] | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"test batch size must be >= 1, got {batch_size}")
         self.batch_size = int(batch_size)
+        if query_order is None:
+            self.query_order: Sequence[int] = range(num_query)
+        else:
+            if len(query_order) != num_query:
+                raise ValueError(f"query_order has {len(query_order)} entries for {num_query} queries")
+            self.query_order = [int(i) for i in query_order]
         self.ranges = [_shard(0, num_query, rank, world_size),
                        _shard(num_query, num_query + num_gallery, rank, world_size)]
 
     def __iter__(self) -> Iterator[list[int]]:
-        for r in self.ranges:
-            for start in range(r.start, r.stop, self.batch_size):
-                yield list(range(start, min(start + self.batch_size, r.stop)))
+        queries, gallery = self.ranges
+        for start in range(queries.start, queries.stop, self.batch_size):
+            yield [self.query_order[i] for i in range(start, min(start + self.batch_size, queries.stop))]
+        for start in range(gallery.start, gallery.stop, self.batch_size):
+            yield list(range(start, min(start + self.batch_size, gallery.stop)))
 
     def __len__(self) -> int:
         return sum((len(r) + self.batch_size - 1) // self.batch_size for r in self.ranges)
