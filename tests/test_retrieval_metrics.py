@@ -15,7 +15,12 @@ TOPK = (1, 2, 5)
 
 def brute_force(q, g, qp, gp, topk=TOPK):
     """Reference: per query, a stable descending sort of the scores, then the definitions."""
-    scores = (q.double() @ g.double().T).tolist()  # exact for the small integer/random inputs
+    return brute_force_scores(q.double() @ g.double().T, qp, gp, topk)  # exact for these inputs
+
+
+def brute_force_scores(scores, qp, gp, topk=TOPK):
+    """The reference on a given (Q, G) score matrix."""
+    scores = scores.tolist()
     qp, gp = qp.tolist(), gp.tolist()
     hits = {k: 0 for k in topk}
     ap_sum = inp_sum = 0.0
@@ -232,3 +237,155 @@ def test_chunk_mixing_tied_and_tie_free_rows(seed, path):
     assert 0 < int(needs_exact.sum()) < len(qp)  # both paths are exercised
     assert_same(retrieval_metrics(q, g, qp, gp, topk=TOPK, chunk_size=6),
                 brute_force(q, g, qp, gp))
+
+
+class _DeviceCheckedTorch:
+    """torch, except that its tensor factories refuse calls without an explicit device=: what
+    keeps retrieval_metrics on the inputs' device (checked here without a GPU)."""
+
+    FACTORIES = {"arange", "zeros", "ones", "empty", "full", "tensor", "as_tensor", "rand", "randn",
+                 "randint", "linspace", "eye"}
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        attr = getattr(torch, name)
+        if name not in self.FACTORIES:
+            return attr
+
+        def factory(*args, **kwargs):
+            if "device" not in kwargs:
+                raise AssertionError(f"torch.{name} called without device=")
+            self.calls.append(name)
+            return attr(*args, **kwargs)
+
+        return factory
+
+
+def test_every_tensor_factory_names_its_device(monkeypatch, path):
+    checked = _DeviceCheckedTorch()
+    monkeypatch.setattr(rm_module, "torch", checked)
+    gen = torch.Generator().manual_seed(9)
+    q = torch.randint(-1, 2, (30, 3), generator=gen).float()  # exact ties: the exact path too
+    g = torch.randint(-1, 2, (50, 3), generator=gen).float()
+    qp, gp = torch.randint(0, 4, (30,), generator=gen), torch.randint(0, 4, (50,), generator=gen)
+    out = retrieval_metrics(q, g, qp, gp, topk=TOPK, chunk_size=7)
+    monkeypatch.undo()
+    assert {"arange", "zeros", "empty"} <= set(checked.calls)
+    assert_same(out, brute_force(q, g, qp, gp))
+
+
+@pytest.mark.parametrize("bins", [1, 3, 2 ** 15])
+def test_any_coarse_bin_width(bins, monkeypatch):
+    """One bin per row (every candidate searched finely), a few wide bins shared by many items
+    and positives, or very fine bins: same exact results."""
+    monkeypatch.setattr(rm_module, "_COARSE_BINS", bins)
+    gen = torch.Generator().manual_seed(12)
+    q, g = torch.randn(21, 5, generator=gen), torch.randn(60, 5, generator=gen)
+    qp, gp = torch.randint(0, 4, (21,), generator=gen), torch.randint(0, 4, (60,), generator=gen)
+    assert_same(retrieval_metrics(q, g, qp, gp, topk=TOPK, chunk_size=8), brute_force(q, g, qp, gp))
+    qi = torch.randint(-2, 3, (21, 3), generator=gen).float()
+    gi = torch.randint(-2, 3, (60, 3), generator=gen).float()
+    assert_same(retrieval_metrics(qi, gi, qp, gp, topk=TOPK, chunk_size=8), brute_force(qi, gi, qp, gp))
+
+
+def test_negative_and_zero_scores_and_one_score_per_chunk(path):
+    # All scores <= 0 in some rows, -0.0 and +0.0 among them, and a chunk where every
+    # candidate has the same score (coarse range of zero width).
+    g = torch.tensor([[-1.0, 0.0], [-0.5, 0.0], [0.0, 0.0], [-2.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    gp = torch.tensor([0, 1, 0, 1, 2, 2])
+    q = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 0.0], [1.0, 0.0], [-0.0, 0.0]])
+    qp = torch.tensor([0, 1, 2, 1, 0])
+    for chunk in (1, 2, 5):
+        assert_same(retrieval_metrics(q, g, qp, gp, topk=TOPK, chunk_size=chunk), brute_force(q, g, qp, gp))
+
+
+def test_scores_that_overflow_to_infinity(path):
+    """Finite features whose products overflow float32 (+inf and -inf scores, ties among them):
+    the metrics follow the float32 scores the function computes (reference: those scores,
+    stable sort)."""
+    gen = torch.Generator().manual_seed(13)
+    q = torch.rand(9, 4, generator=gen) * 1e20 + 1e19
+    big = torch.rand(6, 4, generator=gen) * 1e20 + 1e19
+    g = torch.cat([big, -big, torch.randn(8, 4, generator=gen)])  # +inf, -inf, finite scores
+    qp, gp = torch.randint(0, 3, (9,), generator=gen), torch.randint(0, 3, (20,), generator=gen)
+    scores = q @ g.T
+    assert torch.isinf(scores).any() and torch.isfinite(scores).any() and not torch.isnan(scores).any()
+    assert_same(retrieval_metrics(q, g, qp, gp, topk=TOPK, chunk_size=4), brute_force_scores(scores, qp, gp))
+
+
+def _dyadic(gen, rows, dim=16):
+    """Features k / 4: products and sums are exact in float32 (and TF32) on every device."""
+    return torch.randint(-8, 9, (rows, dim), generator=gen) / 4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("chunk", [7, 128, 1024])
+def test_cuda_equals_cpu_exactly(chunk, path, monkeypatch):
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what DETERMINISTIC mode sets
+    gen = torch.Generator().manual_seed(14)
+    q, g = _dyadic(gen, 700), _dyadic(gen, 900)
+    qp = torch.randint(0, 60, (700,), generator=gen)
+    gp = torch.randint(0, 60, (900,), generator=gen)
+    cpu = retrieval_metrics(q, g, qp, gp, topk=TOPK, chunk_size=chunk)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)  # the project's DETERMINISTIC mode must work too
+    try:
+        cuda = retrieval_metrics(q.cuda(), g.cuda(), qp.cuda(), gp, topk=TOPK, chunk_size=chunk)
+        i2t_cuda = image_to_text(q.cuda(), g.cuda(), qp, gp.cuda(), topk=TOPK, chunk_size=chunk)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert cuda == cpu
+    assert i2t_cuda == image_to_text(q, g, qp, gp, topk=TOPK, chunk_size=chunk)
+    if chunk == 7:
+        assert_same(cpu, brute_force(q, g, qp, gp))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_memory_stays_within_the_chunk_bound():
+    gen = torch.Generator().manual_seed(15)
+    num, chunk = 16384, 128
+    centres = torch.nn.functional.normalize(torch.randn(500, 64, generator=gen), dim=1)
+    qp, gp = torch.randint(0, 500, (num,), generator=gen), torch.randint(0, 500, (num,), generator=gen)
+    q = torch.nn.functional.normalize(centres[qp] + 0.3 * torch.randn(num, 64, generator=gen), dim=1)
+    g = torch.nn.functional.normalize(centres[gp] + 0.2 * torch.randn(num, 64, generator=gen), dim=1)
+    q, g, qp, gp = q.cuda(), g.cuda(), qp.cuda(), gp.cuda()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    retrieval_metrics(q, g, qp, gp, chunk_size=chunk)
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - before
+    full_matrix = num * num * 4
+    assert extra < full_matrix / 8, (extra, full_matrix)
+
+
+def test_cpu_workers_give_identical_results(monkeypatch, path):
+    """Blocks ranked side by side by several CPU workers: the same floats as one worker, the
+    brute-force values, and torch's thread count is restored."""
+    gen = torch.Generator().manual_seed(16)
+    q, g = torch.randn(47, 6, generator=gen), torch.randn(80, 6, generator=gen)
+    q[5], q[30] = g[3], g[3]  # exact ties for a few rows: the exact path inside the workers
+    qp, gp = torch.randint(0, 7, (47,), generator=gen), torch.randint(0, 7, (80,), generator=gen)
+    monkeypatch.setattr(rm_module, "_MIN_CPU_ROWS", 1)
+    pools = []
+
+    class RecordingPool(rm_module.ThreadPoolExecutor):
+        def __init__(self, workers, **kwargs):
+            pools.append(workers)
+            super().__init__(workers, **kwargs)
+
+    monkeypatch.setattr(rm_module, "ThreadPoolExecutor", RecordingPool)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = retrieval_metrics(q, g, qp, gp, topk=TOPK, chunk_size=10)
+        torch.set_num_threads(3)  # 3 workers of 4 rows per chunk of 10
+        several = retrieval_metrics(q, g, qp, gp, topk=TOPK, chunk_size=10)
+        assert torch.get_num_threads() == 3
+        assert pools == [3]  # one worker per thread; the single-thread call used none
+    finally:
+        torch.set_num_threads(threads)
+    assert several == one
+    assert_same(several, brute_force(q, g, qp, gp))

@@ -17,20 +17,32 @@ score ``s`` at gallery index ``j`` is::
     #{items with score > s} + #{items with score == s and index < j} + 1
 
 How it is computed (no sort of the similarity matrix, memory O(chunk x G)): queries are scored
-``chunk_size`` at a time (``S = q_chunk @ g.T``, float32). Fast path (:func:`_fast_ranks`): only
-items scoring at least the row's lowest positive (the candidates) can rank before a positive;
-they are located among the row's sorted positive scores (as order-preserving integer keys, each
-with the key of the next float up) by one ``torch.searchsorted`` and counted with one
-``torch.bincount``, giving ``#{score > t}`` and ``#{score == t}`` for every positive score ``t``.
-When only the positive itself scores ``t``, its rank is ``#{score > t} + 1``. Rows where an
-exact tie touches a positive (rare on real features) are recomputed by
-:func:`_exact_key_ranks`: every (score, index) pair becomes one 64-bit key that grows with the
-score and, among equal scores, with decreasing index, so the tie rule holds by construction.
+``chunk_size`` at a time (``S = q_chunk @ g.T``, float32, into one reused buffer). Fast path
+(:func:`_fast_ranks`): only items scoring at least the row's lowest positive (the candidates)
+can rank before a positive. A coarse histogram of the candidates (``int(score * 2^e - lo *
+2^e)``, monotone in the score, one ``torch.bincount``) counts the items in bins above each
+positive's bin; the few candidates that share a bin with a positive are located among the row's
+sorted positive scores (as order-preserving integer keys, each with the key of the next float
+up) by one ``torch.searchsorted`` and counted with one ``torch.bincount``, giving
+``#{score > t}`` and ``#{score == t}`` for every positive score ``t``. When only the positive
+itself scores ``t``, its rank is ``#{score > t} + 1``. Rows where an exact tie touches a
+positive (rare on real features) are recomputed by :func:`_exact_key_ranks`: every (score,
+index) pair becomes one 64-bit key that grows with the score and, among equal scores, with
+decreasing index, so the tie rule holds by construction.
+
+Device: everything runs on the query features' device (the other inputs are moved there) with
+torch operations only; the ranks (integers) come back to the CPU, where the metrics are summed
+in float64 in query order, so the floats returned depend neither on the device nor on the
+chunking for the same scores. On the CPU, W = ``torch.get_num_threads()`` workers rank blocks
+of chunk / W queries side by side, each with single-threaded torch operations.
 """
 from __future__ import annotations
 
 import logging
-from typing import Dict, Sequence
+import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, Optional, Sequence
 
 import torch
 
@@ -67,9 +79,9 @@ def _check_inputs(query_feats: torch.Tensor, gallery_feats: torch.Tensor,
     if int(chunk_size) < 1:
         raise ValueError(f"chunk_size must be >= 1; got {chunk_size}")
     for name, feats in (("query_feats", query_feats), ("gallery_feats", gallery_feats)):
-        # amax / amin propagate NaN and reach +-inf: no (N, D) temporary is made.
-        if feats.is_floating_point() and feats.numel() and not (
-                bool(torch.isfinite(feats.amax())) and bool(torch.isfinite(feats.amin()))):
+        # The extremes propagate NaN and reach +-inf: one pass, no (N, D) temporary.
+        if feats.is_floating_point() and feats.numel() and not bool(
+                torch.isfinite(torch.stack(torch.aminmax(feats))).all()):
             raise ValueError(f"{name} holds NaN or infinite values")
 
 
@@ -120,7 +132,8 @@ def _exact_key_ranks(scores: torch.Tensor, pos_idx: torch.Tensor,
     score_shift = idx_bits
     row_shift = 32 + idx_bits
     rev = num_gallery - 1
-    row_ids = torch.arange(c, dtype=torch.int64)[:, None]
+    device = pos_idx.device
+    row_ids = torch.arange(c, dtype=torch.int64, device=device)[:, None]
     pos_keys = (_score_keys(pos_scores) << score_shift) | (rev - pos_idx)
     # Padding gets the largest key of its row so it sorts last and no item passes it.
     pos_keys = torch.where(valid, pos_keys, torch.full_like(pos_keys, (1 << row_shift) - 1))
@@ -131,7 +144,7 @@ def _exact_key_ranks(scores: torch.Tensor, pos_idx: torch.Tensor,
         del candidate_mask
         keys = _score_keys(scores) << score_shift
         del scores
-        keys |= rev - torch.arange(num_gallery, dtype=torch.int64)
+        keys |= rev - torch.arange(num_gallery, dtype=torch.int64, device=device)
         below = torch.searchsorted(pos_keys, keys)
         del keys
         below += row_ids * (num_pos + 1)
@@ -153,77 +166,182 @@ def _exact_key_ranks(scores: torch.Tensor, pos_idx: torch.Tensor,
     # Reverse so that the best positive comes first; padding (at the end of the ascending
     # order) is moved to the end by rolling each row by its number of positives.
     npos = valid.sum(1)
-    take = (npos[:, None] - 1 - torch.arange(num_pos)[None, :]) % num_pos
+    take = (npos[:, None] - 1 - torch.arange(num_pos, device=device)[None, :]) % num_pos
     return ranks_ascending_key.gather(1, take)
+
 
 # Bits of a score key (0 .. 2^32, the top value for "just above +inf") inside a (row, score) key.
 _ROW_SHIFT = 33
 _PAD_KEY = (1 << _ROW_SHIFT) - 1
+# CPU: at most one worker per _MIN_CPU_ROWS queries of a chunk (see retrieval_metrics).
+_MIN_CPU_ROWS = 128
+# Bins per row of the fast path's coarse histogram (about; at most twice as many).
+_COARSE_BINS = 2048
 
 
-def _fast_ranks(scores: torch.Tensor, pos_idx: torch.Tensor, valid: torch.Tensor):
+def _coarse_scale(lo: float, hi: float) -> float:
+    """Power of two 2^e that spreads [lo, hi] over about _COARSE_BINS bins, with
+    max(|lo|, |hi|) * 2^e <= 2^60 (no overflow in float32 or int64)."""
+    if not hi > lo:
+        return 1.0
+    e = math.floor(math.log2(_COARSE_BINS / (hi - lo)))
+    top = max(abs(lo), abs(hi))
+    if top > 0:
+        e = min(e, 60 - math.ceil(math.log2(top)))
+    return math.ldexp(1.0, e)
+
+
+def _coarse_bins(scores: torch.Tensor, scale: float, offset: float) -> torch.Tensor:
+    """int64 coarse bins ``int(score * scale - offset)`` (float32 steps; >= 0 for scores >= lo)."""
+    return torch.mul(scores, scale).sub_(offset).to(torch.int64)
+
+
+def _suffix_sum(x: torch.Tensor) -> torch.Tensor:
+    """(c, n) -> (c, n): out[:, k] = x[:, k:].sum(1)."""
+    return x.flip(1).cumsum(1).flip(1)
+
+
+def _fast_ranks(scores: torch.Tensor, pos_idx: torch.Tensor, valid: torch.Tensor,
+                workspace: Optional["_Workspace"] = None):
     """Ranks of the positives of a chunk from score comparisons only (no gallery index).
 
     scores: (c, G) float32; pos_idx: (c, P) gallery indices of the positives (padded);
-    valid: (c, P) bool, False on padding (every row has at least one True).
+    valid: (c, P) bool, False on padding (every row has at least one True); workspace:
+    optional buffers (at least c rows) for the candidate mask and indices, reused by the
+    next block.
 
-    Each row's positive scores ``t_0 < ... < t_{n-1}`` become 2n boundaries ``key(t_k)`` and
-    ``key(t_k) + 1`` (key: order-preserving integer form of a float32, so ``key(t) + 1`` is
-    the key of the next float up). Only the candidates (items scoring at least the row's lowest
-    positive) are located among them, in one ``searchsorted`` over all rows' boundaries (row
-    id in the high bits), and counted with one ``bincount``: bucket ``2k + 1`` holds the items
-    scoring exactly ``t_k``, buckets above ``2k + 1`` those scoring more. When every
-    ``t_k`` is held by its positive alone, the rank is ``#{score > t_k} + 1`` and the tie rule
-    never applies; rows where some score equals a positive's score (another item, or two
-    positives with the same score) are flagged for :func:`_exact_key_ranks`.
+    Only the candidates (items scoring at least the row's lowest positive) can rank before a
+    positive. Let ``key`` be the order-preserving integer form of a float32 (``key(t) + 1`` is
+    the key of the next float up) and ``t_0 < ... < t_{n-1}`` a row's positive scores.
+
+    1. Coarse count: every candidate falls in one of about _COARSE_BINS bins per row,
+       ``int(score * 2^e - lo * 2^e)`` (one power of two and one ``lo`` for the chunk), counted
+       with one ``bincount``; bins never decrease with the score, so a cumulative sum gives the
+       items in bins above the bin ``B_k`` of ``t_k``.
+    2. Fine count, for the few candidates that share a bin with some positive (found through
+       a (row, bin) flag table): located among the row's boundaries ``key(t_k)``,
+       ``key(t_k) + 1`` by one ``searchsorted`` over all rows' boundaries (row id in the high
+       bits) and counted with one ``bincount``: bucket ``2k + 1`` holds the items scoring
+       exactly ``t_k``, buckets above ``2k + 1`` those scoring more.
+
+    ``#{score > t_k}`` = items in bins above ``B_k`` + items of bin ``B_k`` scoring more than
+    ``t_k``. When every ``t_k`` is held by its positive alone, the rank is
+    ``#{score > t_k} + 1`` and the tie rule never applies; rows where some score equals a
+    positive's score (another item, or two positives with the same score) are flagged for
+    :func:`_exact_key_ranks`.
 
     Returns ``(ranks, needs_exact)``: (c, P) int64 ranks, ascending along P for the valid
     entries with padding at the end (meaningless where ``needs_exact``), and (c,) bool.
     """
     c, num_pos = pos_idx.shape
     num_gallery = scores.shape[1]
+    device = scores.device
     pos_scores = scores.gather(1, pos_idx)  # (c, P)
-    lowest = torch.where(valid, pos_scores, torch.full_like(pos_scores, float("inf"))).amin(1)
-    pos_keys = torch.where(valid, _score_keys(pos_scores), torch.full_like(pos_idx, _PAD_KEY))
-    pos_keys = torch.sort(pos_keys, dim=1).values  # ascending, padding last
+    # Ascending positive scores, padding (+inf) last; their keys (padding: the row's top key).
+    pos_sorted = torch.sort(torch.where(valid, pos_scores, torch.full_like(pos_scores, float("inf"))),
+                            dim=1).values
+    lowest = pos_sorted[:, 0]
     npos = valid.sum(1)
-    valid_sorted = torch.arange(num_pos)[None, :] < npos[:, None]
+    slots = torch.arange(num_pos, device=device)
+    valid_sorted = slots[None, :] < npos[:, None]
+    pos_keys = torch.where(valid_sorted, _score_keys(pos_sorted), torch.full_like(pos_idx, _PAD_KEY))
     duplicate = ((pos_keys[:, 1:] == pos_keys[:, :-1]) & valid_sorted[:, 1:]).any(1)
 
+    # Candidates: the only items that can score at least some positive's score.
+    if workspace is None:
+        mask = scores >= lowest[:, None]
+        flat = torch.nonzero(mask.view(-1)).squeeze(1)
+    else:
+        mask = torch.ge(scores, lowest[:, None], out=workspace.mask[:c])
+        flat = torch.nonzero(mask.view(-1), out=workspace.flat.resize_(0, 1)).squeeze(1)  # keeps its storage
+    del mask
+    cand = scores.take(flat)  # (N,) float32
+    rows = flat.div_(num_gallery, rounding_mode="floor")  # (N,) row of each candidate
+
+    # 1. Coarse bins: bin = int(score * 2^e - lo * 2^e) for the whole chunk (lo: the lowest
+    # positive score, so every candidate's bin is >= 0). Both steps round monotonically, so
+    # bins never decrease with the score; the positives' bins are computed the same way.
+    # Infinite or NaN scores (products that overflow): one bin per row, i.e. every candidate
+    # goes to the fine search.
+    lo, hi = float(lowest.min()), float(cand.max())
+    if math.isfinite(lo) and math.isfinite(hi) and not bool(torch.isnan(pos_sorted).any()):
+        scale = _coarse_scale(lo, hi)
+        offset = lo * scale  # exact: lo is a float32, scale a power of two
+        bins = _coarse_bins(cand, scale, offset)
+        num_bins = int(_coarse_bins(cand.new_tensor([hi]), scale, offset)) + 1
+        pos_bin = _coarse_bins(pos_sorted.clamp(max=hi), scale, offset)
+    else:
+        bins, num_bins, pos_bin = torch.zeros_like(rows), 1, torch.zeros_like(pos_keys)
+    bins.add_(rows, alpha=num_bins)  # row * num_bins + bin (int64)
+    hist = torch.bincount(bins, minlength=c * num_bins).view(c, num_bins)
+    cum = hist.cumsum(1)
+    pos_bin = torch.where(valid_sorted, pos_bin, torch.zeros_like(pos_bin))  # (c, P), non-decreasing along P
+    coarse_above = cum[:, -1:] - cum.gather(1, pos_bin)  # items in bins above B_k
+    # Items of the positive bins above B_k (each distinct bin once): already in coarse_above,
+    # and also counted by the fine search below; subtracted once.
+    first = torch.ones_like(valid_sorted)
+    first[:, 1:] = pos_bin[:, 1:] != pos_bin[:, :-1]
+    in_bin = torch.where(first & valid_sorted, hist.gather(1, pos_bin), torch.zeros_like(pos_bin))
+    pos_bins_above = torch.zeros_like(pos_bin)
+    pos_bins_above[:, :-1] = _suffix_sum(in_bin)[:, 1:]
+    del cum, hist
+
+    # 2. Fine search of the candidates in positive bins (flag table over (row, bin)).
+    flags = torch.zeros(c * num_bins, dtype=torch.bool, device=device)
+    row_ids = torch.arange(c, dtype=torch.int64, device=device)
+    flags[(pos_bin + row_ids[:, None] * num_bins)[valid_sorted]] = True
+    sel = torch.nonzero(flags.take(bins)).squeeze(1)
+    del bins, flags
+    sel_rows = rows[sel]
+    sel_keys = _score_keys(cand[sel]) | (sel_rows << _ROW_SHIFT)
+    del cand, rows, sel
     # Boundaries key(t_k), key(t_k) + 1 per row; cummax keeps rows with duplicates sorted
     # (they are flagged anyway); padding stays at the row's top key.
     bounds = torch.stack((pos_keys, (pos_keys + 1).clamp_(max=_PAD_KEY)), dim=2).view(c, 2 * num_pos)
     bounds = torch.cummax(bounds, dim=1).values
-    row_ids = torch.arange(c, dtype=torch.int64)
     bounds = (bounds | (row_ids[:, None] << _ROW_SHIFT)).view(-1)
-
-    # Candidates: the only items that can score at least some positive's score.
-    flat = torch.nonzero((scores >= lowest[:, None]).view(-1)).squeeze(1)
-    cand_keys = _score_keys(scores.view(-1)[flat])
-    rows = flat.div_(num_gallery, rounding_mode="floor")
-    cand_keys |= rows << _ROW_SHIFT
     # Global position among all boundaries = row * 2P + local bucket; bin = row * (2P+1) + bucket.
-    bins = torch.searchsorted(bounds, cand_keys, right=True)
-    del cand_keys
-    bins += rows
-    hist = torch.bincount(bins, minlength=c * (2 * num_pos + 1)).view(c, 2 * num_pos + 1)
-    equal = hist[:, 1::2]  # (c, P): items scoring exactly t_k
-    above = hist.flip(1).cumsum(1).flip(1)[:, 2::2]  # (c, P): items scoring more than t_k
+    fine_bins = torch.searchsorted(bounds, sel_keys, right=True)
+    fine_bins += sel_rows
+    fine = torch.bincount(fine_bins, minlength=c * (2 * num_pos + 1)).view(c, 2 * num_pos + 1)
+    equal = fine[:, 1::2]  # (c, P): items scoring exactly t_k
+    fine_above = _suffix_sum(fine)[:, 2::2]  # (c, P): positive-bin items scoring more than t_k
+    above = coarse_above + fine_above - pos_bins_above  # (c, P): items scoring more than t_k
     needs_exact = duplicate | ((equal != 1) & valid_sorted).any(1)
     # Reverse so that the best positive comes first, padding last (as _exact_key_ranks).
-    take = (npos[:, None] - 1 - torch.arange(num_pos)[None, :]) % num_pos
+    take = (npos[:, None] - 1 - slots[None, :]) % num_pos
     return (above + 1).gather(1, take), needs_exact
 
 
+class _Workspace:
+    """Score and candidate-mask buffers of one (rows, G) shape and the candidates' index
+    buffer, reused by every block of one worker.
+
+    Fresh allocations of this size are served by the OS as new pages on the CPU; writing into
+    the same buffers avoids paying for them again at every block.
+    """
+
+    def __init__(self, rows: int, num_gallery: int, device: torch.device) -> None:
+        self.scores = torch.empty(rows, num_gallery, dtype=torch.float32, device=device)
+        self.mask = torch.empty(rows, num_gallery, dtype=torch.bool, device=device)
+        self.flat = torch.empty(0, 1, dtype=torch.int64, device=device)  # grows as needed
+
+
 def _chunk_ranks(q: torch.Tensor, g_t: torch.Tensor, pos_idx: torch.Tensor,
-                 valid: torch.Tensor, idx_bits: int, num_gallery: int) -> torch.Tensor:
+                 valid: torch.Tensor, idx_bits: int, num_gallery: int,
+                 workspace: Optional[_Workspace] = None) -> torch.Tensor:
     """1-based ranks of the positives of a chunk of queries (exact, tie rule included).
 
-    q: (c, D); g_t: (D, G); pos_idx, valid: (c, P) as in :func:`_fast_ranks`.
+    q: (c, D); g_t: (D, G); pos_idx, valid: (c, P) as in :func:`_fast_ranks`; workspace:
+    buffers of at least c rows (optional). All on one device.
     Returns (c, P) int64 ranks, ascending along P for the valid entries, padding at the end.
     """
-    scores = torch.mm(q, g_t)  # (c, G)
-    ranks, needs_exact = _fast_ranks(scores, pos_idx, valid)
+    c = q.shape[0]
+    if workspace is None:
+        scores = torch.mm(q, g_t)  # (c, G)
+    else:
+        scores = torch.mm(q, g_t, out=workspace.scores[:c])
+    ranks, needs_exact = _fast_ranks(scores, pos_idx, valid, workspace)
     if bool(needs_exact.any()):
         rows = torch.nonzero(needs_exact).squeeze(1)
         ranks[rows] = _exact_key_ranks(scores[rows], pos_idx[rows], valid[rows], idx_bits,
@@ -256,10 +374,11 @@ def retrieval_metrics(query_feats: torch.Tensor, gallery_feats: torch.Tensor,
         dict with "Rank-k" for every k in ``topk``, "mAP" and "mINP", floats in percent.
     """
     _check_inputs(query_feats, gallery_feats, query_pids, gallery_pids, topk, chunk_size)
-    q_all = query_feats.detach().to("cpu", torch.float32).contiguous()
-    g_t = gallery_feats.detach().to("cpu", torch.float32).t()
-    qp = query_pids.detach().to("cpu", torch.int64)
-    gp = gallery_pids.detach().to("cpu", torch.int64)
+    device = query_feats.device
+    q_all = query_feats.detach().to(device=device, dtype=torch.float32).contiguous()
+    g_t = gallery_feats.detach().to(device=device, dtype=torch.float32).t()
+    qp = query_pids.detach().to(device=device, dtype=torch.int64)
+    gp = gallery_pids.detach().to(device=device, dtype=torch.int64)
     num_query, num_gallery = q_all.shape[0], g_t.shape[1]
 
     idx_bits = max(1, (num_gallery - 1).bit_length())
@@ -267,10 +386,11 @@ def retrieval_metrics(query_feats: torch.Tensor, gallery_feats: torch.Tensor,
         raise ValueError(f"gallery too large for 64-bit rank keys: {num_gallery} items")
     # Row ids share the 64-bit key with 32 score bits and idx_bits index bits.
     max_rows = 1 << (31 - idx_bits)
-    chunk = min(int(chunk_size), max_rows)
+    chunk = min(int(chunk_size), max_rows, num_query)
 
     order, start, count = _positive_lists(qp, gp)
-    no_positive = int((count == 0).sum())
+    count_cpu = count.cpu()
+    no_positive = int((count_cpu == 0).sum())
     if no_positive == num_query:
         raise ValueError(f"none of the {num_query} queries has a positive (same id) among the "
                          f"{num_gallery} gallery items: check the query and gallery ids")
@@ -278,33 +398,74 @@ def retrieval_metrics(query_feats: torch.Tensor, gallery_feats: torch.Tensor,
         logger.warning("%d of %d queries have no positive in the gallery and are left out of "
                        "the metrics", no_positive, num_query)
 
-    ks = [int(k) for k in topk]
-    hits = torch.zeros(len(ks), dtype=torch.float64)
-    ap_parts, inp_parts = [], []  # per-query values, summed once: results independent of chunk
-    kept_total = 0
-    k_tensor = torch.tensor(ks, dtype=torch.int64)
-    for begin in range(0, num_query, chunk):
-        end = min(begin + chunk, num_query)
-        kept = torch.nonzero(count[begin:end] > 0).squeeze(1) + begin
-        if kept.numel() == 0:
-            continue
-        npos = count[kept]
-        num_pos = int(npos.max())
-        slots = torch.arange(num_pos)[None, :]
+    # Blocks of queries: the whole chunk on an accelerator. On the CPU, W workers (W = torch's
+    # thread count, at most one per _MIN_CPU_ROWS rows of the chunk) rank blocks of chunk / W
+    # queries side by side, each with torch's threads divided among them (one each on a small
+    # machine): the W blocks in flight hold about chunk x G scores, as one chunk would, and
+    # torch has no parallel region left in which one thread waits for another (hundreds per
+    # chunk otherwise, each waiting for a descheduled thread on a busy machine).
+    threads = torch.get_num_threads()
+    workers = max(1, min(threads, chunk // _MIN_CPU_ROWS)) if device.type == "cpu" else 1
+    rows = -(-chunk // workers)
+    blocks = []
+    for begin in range(0, num_query, rows):
+        end = min(begin + rows, num_query)
+        kept_cpu = torch.nonzero(count_cpu[begin:end] > 0).squeeze(1) + begin
+        if kept_cpu.numel():
+            blocks.append((begin, end, kept_cpu))
+    workers = min(workers, len(blocks))
+    local = threading.local()
+
+    def rank_block(block):
+        """(kept query indices (c,), their (c, P) int64 ranks on the CPU) for one block."""
+        begin, end, kept_cpu = block
+        workspace = getattr(local, "workspace", None)
+        if workspace is None:
+            workspace = local.workspace = _Workspace(rows, num_gallery, device)
+        npos_cpu = count_cpu[kept_cpu]
+        num_pos = int(npos_cpu.max())
+        kept = kept_cpu.to(device)
+        npos = npos_cpu.to(device)
+        slots = torch.arange(num_pos, device=device)[None, :]
         valid = slots < npos[:, None]
         flat = (start[kept][:, None] + torch.minimum(slots, npos[:, None] - 1))
         pos_idx = order[flat]  # (c, P) positives in increasing gallery index, padding repeats
-        ranks = _chunk_ranks(q_all[kept], g_t, pos_idx, valid, idx_bits, num_gallery)
+        q = q_all[begin:end] if kept_cpu.numel() == end - begin else q_all[kept]
+        return kept_cpu, _chunk_ranks(q, g_t, pos_idx, valid, idx_bits, num_gallery, workspace).cpu()
 
-        first = ranks[:, 0]
-        hits += (first[:, None] <= k_tensor[None, :]).sum(0).to(torch.float64)
-        position = (slots + 1).to(torch.float64)
-        precision = torch.where(valid, position / ranks.to(torch.float64),
-                                torch.zeros((), dtype=torch.float64))
-        ap_parts.append(precision.sum(1) / npos.to(torch.float64))
-        last = ranks.gather(1, (npos - 1)[:, None]).squeeze(1)
-        inp_parts.append(npos.to(torch.float64) / last.to(torch.float64))
-        kept_total += kept.numel()
+    # Ranks are integers computed on ``device``; the metrics are accumulated from them on the
+    # CPU in float64, in query order, so the floats returned depend neither on the device nor
+    # on the blocks.
+    ks = [int(k) for k in topk]
+    hits = torch.zeros(len(ks), dtype=torch.float64, device="cpu")
+    ap_parts, inp_parts = [], []  # per-query values, summed once at the end
+    kept_total = 0
+    k_tensor = torch.tensor(ks, dtype=torch.int64, device="cpu")
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="retrieval_metrics") if workers > 1 else None
+    try:
+        if pool is not None:
+            torch.set_num_threads(max(1, threads // workers))  # restored below
+        ranked = pool.map(rank_block, blocks) if pool else map(rank_block, blocks)
+        for kept_cpu, ranks in ranked:
+            npos_cpu = count_cpu[kept_cpu]
+            slots_cpu = torch.arange(ranks.shape[1], device="cpu")[None, :]
+            valid_cpu = slots_cpu < npos_cpu[:, None]
+            first = ranks[:, 0]
+            hits += (first[:, None] <= k_tensor[None, :]).sum(0).to(torch.float64)
+            position = (slots_cpu + 1).to(torch.float64)
+            precision = torch.where(valid_cpu, position / ranks.to(torch.float64),
+                                    torch.zeros((), dtype=torch.float64, device="cpu"))
+            # Left-to-right running sum: each query's value depends on its own ranks only
+            # (not on the padding width of its block).
+            ap_sum = precision.cumsum(1).gather(1, (npos_cpu - 1)[:, None]).squeeze(1)
+            ap_parts.append(ap_sum / npos_cpu.to(torch.float64))
+            last = ranks.gather(1, (npos_cpu - 1)[:, None]).squeeze(1)
+            inp_parts.append(npos_cpu.to(torch.float64) / last.to(torch.float64))
+            kept_total += kept_cpu.numel()
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+            torch.set_num_threads(threads)
 
     results: Dict[str, float] = {}
     for k, h in zip(ks, hits.tolist()):
