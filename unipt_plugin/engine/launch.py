@@ -8,7 +8,8 @@ one, called the same way:
 * on CUDA: ``torch.cuda.set_device(local_rank)`` first, then
   ``init_process_group("nccl", device_id=cuda:local_rank)``, then the first barrier;
 * on the CPU (``device="cpu"``): the gloo backend, so ``--num-gpus 2 MODEL.DEVICE cpu`` starts
-  two real processes (the multi-process path runs in CI, which has no GPU);
+  two real processes (the multi-process path runs in CI, which has no GPU), each with
+  cores / N torch threads unless OMP_NUM_THREADS is set;
 * the process group is destroyed when the worker returns or raises;
 * ``dist_url="auto"`` (the default of :func:`default_argument_parser`) picks a free port on
   localhost; multi-machine jobs name a ``tcp://`` address, as with fast-reid;
@@ -128,6 +129,10 @@ def _distributed_worker(local_rank: int, main_func: Callable[..., Any], world_si
 
     global_rank = machine_rank * num_gpus_per_machine + local_rank
     kwargs: dict[str, Any] = {}
+    if not use_cuda and "OMP_NUM_THREADS" not in os.environ:
+        # CPU processes share the cores: one full-width thread pool each would oversubscribe
+        # them (torchrun sets OMP_NUM_THREADS=1 for the same reason).
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // num_gpus_per_machine))
     if use_cuda:
         torch.cuda.set_device(local_rank)  # before the group: NCCL binds this rank to this GPU
         kwargs["device_id"] = torch.device("cuda", local_rank)
