@@ -2,13 +2,14 @@
 and the DDP-averaged gradients equal one process's loss and gradients on the whole batch."""
 import importlib.util
 import os
-import socket
 import tempfile
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
+
+from standins import free_port
 
 # The spawned workers re-import this module; loading the loss file on its own (it imports only
 # torch) keeps them from importing fast-reid and the whole plugin, which takes seconds.
@@ -64,19 +65,13 @@ def _worker(rank, port, out_dir):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_gathered_loss_and_gradients_equal_single_process():
     x_img, x_txt = _data()
     single = _model()
     loss = contrastive_loss(single["img"](x_img), single["txt"](x_txt), single.logit_scale)
     loss.backward()
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_worker, args=(_free_port(), tmp), nprocs=WORLD, join=True)
+        mp.spawn(_worker, args=(free_port(), tmp), nprocs=WORLD, join=True)
         results = [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(WORLD)]
     for res in results:
         assert torch.allclose(res["loss"], loss.detach(), atol=1e-6)

@@ -4,7 +4,6 @@ with torch.distributed.all_gather and every process returns exactly the single-p
 import datetime
 import importlib.util
 import os
-import socket
 import sys
 import tempfile
 import types
@@ -13,6 +12,8 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+from standins import free_port
 
 WORLD = 2
 NUM_QUERY, NUM_GALLERY, BATCH = 23, 17, 4  # shares 11 / 12 queries and 8 / 9 images
@@ -84,12 +85,6 @@ def _worker(rank, port, out_dir, batches, image_to_text):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("image_to_text", [False, True])
 def test_two_processes_equal_one_process_on_every_rank(image_to_text):
     import unipt_plugin  # noqa: F401
@@ -117,7 +112,7 @@ def test_two_processes_equal_one_process_on_every_rank(image_to_text):
     assert swapped.evaluate() != expected
 
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_worker, args=(_free_port(), tmp, batches, image_to_text), nprocs=WORLD, join=True)
+        mp.spawn(_worker, args=(free_port(), tmp, batches, image_to_text), nprocs=WORLD, join=True)
         outs = [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(WORLD)]
     for out in outs:
         assert out["keys"] == list(expected)  # every rank gets the full results, same order

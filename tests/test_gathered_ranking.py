@@ -12,7 +12,6 @@ the semi-hard window, the positive at column rank * N + i, the hinge, the factor
 gradients through the gather.
 """
 import os
-import socket
 import tempfile
 
 import torch
@@ -24,40 +23,12 @@ from unipt_plugin.config import get_unipt_cfg
 from unipt_plugin.modeling.losses import ranking as ranking_module
 from unipt_plugin.modeling.meta_arch import UniPTT2I
 
+from standins import StandInText, StandInVisual, free_port
+
 WORLD, N = 2, 12
 # identity 0 has pairs in both halves, 1 too; 0 and 7 have two pairs inside one half
 TARGETS = torch.tensor([0, 0, 1, 2, 3, 4, 0, 1, 5, 6, 7, 7])
 VOCAB = 40
-
-
-class StandInVisual(nn.Module):
-    """8x8 patches of 32x16 images -> (B, 1 + 8, 16), class token first."""
-
-    def __init__(self):
-        super().__init__()
-        self.out_dim = 16
-        self.patch = nn.Conv2d(3, 16, 8, 8)
-        self.cls = nn.Parameter(torch.randn(1, 1, 16) * 0.02)
-
-    def forward(self, x):
-        t = self.patch(x).flatten(2).transpose(1, 2)
-        return torch.cat([self.cls.expand(len(x), -1, -1), t], 1)
-
-
-class StandInText(nn.Module):
-    """Embedding + a masked-mean context term -> (B, L, 16)."""
-
-    def __init__(self):
-        super().__init__()
-        self.out_dim, self.vocab_size = 16, VOCAB
-        self.emb = nn.Embedding(VOCAB, 16)
-        self.mix = nn.Linear(32, 16)
-
-    def forward(self, ids, mask):
-        e = self.emb(ids)
-        m = mask.unsqueeze(-1).float()
-        ctx = (e * m).sum(1, keepdim=True) / m.sum(1, keepdim=True)
-        return torch.tanh(self.mix(torch.cat([e, ctx.expand_as(e)], -1)))
 
 
 def _hardest_semi_hard(semi, sim, generator):
@@ -71,7 +42,7 @@ def _model(gather: bool) -> UniPTT2I:
     cfg.MODEL.T2I.GATHER_NEGATIVES = gather
     cfg.MODEL.PGU.update(NUM_PROTOTYPES=3, DIM=16, NUM_HEADS=2, FFN_DIM=32, PART_DIM=8, DROPOUT=0.0)
     torch.manual_seed(0)
-    return UniPTT2I(cfg, StandInVisual(), StandInText()).train()
+    return UniPTT2I(cfg, StandInVisual(), StandInText(VOCAB)).train()
 
 
 def _batch():
@@ -111,12 +82,6 @@ def _worker(rank, port, out_dir):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_gathered_ranking_equals_one_process_on_the_whole_batch(monkeypatch):
     monkeypatch.setattr(ranking_module, "_draw_semi_hard", _hardest_semi_hard)
     batch = _batch()
@@ -129,7 +94,7 @@ def test_gathered_ranking_equals_one_process_on_the_whole_batch(monkeypatch):
     with torch.no_grad():
         halves = [_model(gather=False)(_half(batch, r)) for r in range(WORLD)]
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_worker, args=(_free_port(), tmp), nprocs=WORLD, join=True)
+        mp.spawn(_worker, args=(free_port(), tmp), nprocs=WORLD, join=True)
         results = [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(WORLD)]
     for rank, res in enumerate(results):
         for k, v in losses.items():

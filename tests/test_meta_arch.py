@@ -4,43 +4,14 @@ through fast-reid's build_model."""
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from unipt_plugin.config import get_unipt_cfg
 from unipt_plugin.modeling.meta_arch import UniPTPretrain, UniPTT2I
 
+from standins import StandInText, StandInVisual
+
 VOCAB = 50
 SPECIALS = [0, 1, 2, 3]  # pad, cls, sep, mask
-
-
-class StandInVisual(nn.Module):
-    """Patchify 32x16 images with 8x8 patches -> (B, 1 + 8, 16), class token first."""
-
-    def __init__(self):
-        super().__init__()
-        self.out_dim = 16
-        self.patch = nn.Conv2d(3, 16, 8, 8)
-        self.cls = nn.Parameter(torch.randn(1, 1, 16) * 0.02)
-
-    def forward(self, x):
-        t = self.patch(x).flatten(2).transpose(1, 2)
-        return torch.cat([self.cls.expand(len(x), -1, -1), t], 1)
-
-
-class StandInText(nn.Module):
-    """Embedding + a masked-mean context term -> (B, L, 16)."""
-
-    def __init__(self):
-        super().__init__()
-        self.out_dim, self.vocab_size = 16, VOCAB
-        self.emb = nn.Embedding(VOCAB, 16)
-        self.mix = nn.Linear(32, 16)
-
-    def forward(self, ids, mask):
-        e = self.emb(ids)
-        m = mask.unsqueeze(-1).float()
-        ctx = (e * m).sum(1, keepdim=True) / m.sum(1, keepdim=True)
-        return torch.tanh(self.mix(torch.cat([e, ctx.expand_as(e)], -1)))
 
 
 class StandInTokenizer:
@@ -58,12 +29,7 @@ def _cfg(**opts):
     cfg.MODEL.HEADS.NUM_CLASSES = 4
     cfg.MODEL.T2I.EMBED_DIM = 16
     cfg.MODEL.PGU.update(NUM_PROTOTYPES=3, DIM=16, NUM_HEADS=2, FFN_DIM=32, PART_DIM=8, DROPOUT=0.0)
-    for k, v in opts.items():
-        node = cfg
-        *path, last = k.split(".")
-        for p in path:
-            node = getattr(node, p)
-        setattr(node, last, v)
+    cfg.merge_from_list([x for pair in opts.items() for x in pair])
     return cfg
 
 
@@ -81,12 +47,12 @@ def _batch(b=8, l=10, h=32, w=16, seed=0):
 
 def _pretrain(**opts):
     torch.manual_seed(0)
-    return UniPTPretrain(_cfg(**opts), StandInVisual(), StandInText(), StandInTokenizer())
+    return UniPTPretrain(_cfg(**opts), StandInVisual(), StandInText(VOCAB), StandInTokenizer())
 
 
 def _t2i(**opts):
     torch.manual_seed(0)
-    return UniPTT2I(_cfg(**opts), StandInVisual(), StandInText())
+    return UniPTT2I(_cfg(**opts), StandInVisual(), StandInText(VOCAB))
 
 
 def _train(model, batch, steps=25, lr=3e-3):

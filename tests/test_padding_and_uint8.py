@@ -45,12 +45,7 @@ def _cfg(kind: str, padding: str, **opts):
     cfg.INPUT.TEXT.PADDING = padding
     if kind == "pretrain":
         cfg.MODEL.PRETRAIN.POOL_MASK_PADDING = True  # what "longest" requires
-    for key, value in opts.items():
-        node = cfg
-        *path, last = key.split(".")
-        for p in path:
-            node = getattr(node, p)
-        setattr(node, last, value)
+    cfg.merge_from_list([x for pair in opts.items() for x in pair])
     return cfg
 
 
