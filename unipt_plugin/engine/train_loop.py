@@ -13,7 +13,8 @@ is a ``SimpleTrainer`` whose ``run_step`` does:
    backward of ``loss / accum_steps`` (scaled by a ``torch.amp.GradScaler`` for float16; none
    is needed for bfloat16); DistributedDataParallel all-reduces on the last micro-batch only
    (``no_sync``);
-4. one optimiser step (through the scaler for float16), then ``zero_grad``;
+4. one optimiser step (gradients unscaled first, then through the scaler for float16), then
+   ``zero_grad``;
 5. the losses (averaged over micro-batches) to the event storage with one host copy.
 
 The losses of each micro-batch use that micro-batch's samples as negatives (contrastive and
@@ -117,8 +118,13 @@ class UniPTStepTrainer(SimpleTrainer):
         return totals
 
     def optimizer_step(self) -> None:
-        """The optimiser step (through the GradScaler for float16), then ``zero_grad``."""
+        """The optimiser step (through the GradScaler for float16), then ``zero_grad``.
+
+        The gradients are unscaled before the step: a fused optimiser would otherwise unscale
+        inside its kernel, after fast-reid's gradient clipping (SOLVER.CLIP_GRADIENTS, a wrapped
+        ``step``) had clipped the scaled gradients."""
         if self.grad_scaler is not None:
+            self.grad_scaler.unscale_(self.optimizer)
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
         else:

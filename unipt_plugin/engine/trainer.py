@@ -7,7 +7,8 @@ The seams that change, each a method a subclass can override:
 * ``build_optimizer`` / ``build_lr_scheduler``: per-module groups, per-iteration schedule;
 * ``build_model``: fast-reid's, then ``MODEL.COMPILE`` is applied by the meta-architectures;
 * ``build_ddp_model``: DistributedDataParallel on CUDA (one device per process) and on the CPU
-  (gloo), with ``static_graph`` (fast-reid hard-codes ``device_ids`` and cannot run on the CPU);
+  (gloo), with ``static_graph`` unless gradients are accumulated (fast-reid hard-codes
+  ``device_ids`` and cannot run on the CPU);
 * ``build_step_trainer``: :class:`~unipt_plugin.engine.train_loop.UniPTStepTrainer` (``torch.amp``
   float16 / bfloat16, gradient accumulation) instead of fast-reid's Simple/AMPTrainer;
 * ``build_checkpointer``: safe loading, atomic writes, RNG states (``UniPTCheckpointer``);
