@@ -11,7 +11,7 @@ from fastreid.modeling.backbones import build_backbone
 
 from unipt_plugin.config import get_unipt_cfg
 from unipt_plugin.modeling.backbones import CLIPVisualBackbone, ViTBackbone, patch_grid, resize_pos_embed
-from unipt_plugin.modeling.clip_models import build_clip
+from unipt_plugin.modeling.clip_models import create_clip
 from unipt_plugin.modeling.weight_loading import WeightShapeError
 from unipt_plugin.utils.io import UnsafeCheckpointError
 
@@ -202,7 +202,7 @@ def test_file_with_no_matching_key_raises(tmp_path):
 
 def test_clip_state_dict_loads_visual_part_with_grid_resize(tmp_path):
     torch.manual_seed(0)
-    clip = build_clip("UniPT-CLIP-tiny")  # 224x224: 14x14 grid, OpenAI / open_clip key layout
+    clip = create_clip("UniPT-CLIP-tiny")  # 224x224: 14x14 grid, OpenAI / open_clip key layout
     torch.save(clip.state_dict(), tmp_path / "clip.pt")
     model = build_backbone(clip_cfg(size=(64, 32), weights=str(tmp_path / "clip.pt"))).eval()
     src = clip.visual.positional_embedding.data
@@ -250,13 +250,13 @@ def test_open_clip_own_resize_agrees_on_layout():
     """Cross-check the grid layout with open_clip's own resize (bicubic there, bilinear here):
     both must move the same rows to the same places, so the results are close for a smooth grid."""
     torch.manual_seed(0)
-    clip = build_clip("UniPT-CLIP-tiny")
+    clip = create_clip("UniPT-CLIP-tiny")
     i = torch.linspace(0, 1, 14).view(14, 1, 1)
     j = torch.linspace(0, 1, 14).view(1, 14, 1)
     smooth = torch.sin(3 * i) * torch.cos(2 * j) * torch.ones(1, 1, 64)
     clip.visual.positional_embedding.data[1:] = smooth.reshape(196, 64)
     sd = {k: v.clone() for k, v in clip.state_dict().items()}
-    target = build_clip("UniPT-CLIP-tiny", (224, 112))  # 14x7 grid
+    target = create_clip("UniPT-CLIP-tiny", (224, 112))  # 14x7 grid
     open_clip.model.resize_pos_embed(sd, target, interpolation="bicubic", antialias=False)
     ours = resize_pos_embed(clip.visual.positional_embedding.data, 1, (14, 7))
     assert sd["visual.positional_embedding"].shape == ours.shape
@@ -269,7 +269,7 @@ def test_torchscript_clip_archive_loads_into_both_towers(tmp_path):
     from unipt_plugin.modeling.text_encoders import CLIPTextEncoder
 
     torch.manual_seed(0)
-    clip = build_clip("UniPT-CLIP-tiny").eval()
+    clip = create_clip("UniPT-CLIP-tiny").eval()
     torch.jit.script(clip).save(str(tmp_path / "ViT-tiny.pt"))
     visual = build_backbone(clip_cfg(size=(224, 224), weights=str(tmp_path / "ViT-tiny.pt"))).eval()
     text = CLIPTextEncoder("UniPT-CLIP-tiny", 77, str(tmp_path / "ViT-tiny.pt")).eval()
@@ -278,3 +278,54 @@ def test_torchscript_clip_archive_loads_into_both_towers(tmp_path):
         assert torch.allclose(visual(x)[:, 0], clip.encode_image(x), atol=1e-5)
         eot = ids.argmax(-1)
         assert torch.allclose(text(ids, (ids != 0).long())[torch.arange(1), eot], clip.encode_text(ids), atol=1e-5)
+
+
+# ------------------------------------------------------------------ @configurable: cfg or plain arguments
+def _same_module(a, b, x):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+    with torch.no_grad():
+        assert torch.equal(a.eval()(x), b.eval()(x))
+
+
+def _seeded(build, seed=0):
+    torch.manual_seed(seed)
+    return build()
+
+
+def test_vit_backbone_from_plain_arguments_equals_the_cfg_build(tmp_path):
+    src = _seeded(lambda: ViTBackbone("vit_tiny_patch16_224", (224, 224), **TINY), seed=3)
+    torch.save(src.vit.state_dict(), tmp_path / "timm.pth")
+    cfg = tiny_vit_cfg(size=(64, 32), stride=12, weights=str(tmp_path / "timm.pth"))
+    cfg.MODEL.VISUAL.DROP_PATH = 0.1
+    from_cfg = _seeded(lambda: build_backbone(cfg))
+    plain = _seeded(lambda: ViTBackbone(arch="vit_tiny_patch16_224", image_size=(64, 32), stride=12, drop_path=0.1,
+                                        weights=str(tmp_path / "timm.pth"), **TINY))
+    assert isinstance(from_cfg, ViTBackbone) and from_cfg.grid_size == plain.grid_size == (5, 2)
+    assert plain.vit.blocks[1].drop_path1.drop_prob == pytest.approx(0.1)
+    _same_module(from_cfg, plain, torch.randn(2, 3, 64, 32))
+    # the weights really came from the file (not the seed): another seed, same tensors outside pos_embed
+    other = _seeded(lambda: ViTBackbone(cfg), seed=9)
+    assert torch.equal(other.vit.blocks[0].attn.qkv.weight, src.vit.blocks[0].attn.qkv.weight)
+    # a cfg plus an overriding argument (fast-reid's configurable forwards it to __init__)
+    assert ViTBackbone(cfg, stride=16).grid_size == (4, 2)
+
+
+def test_clip_visual_backbone_from_plain_arguments_equals_the_cfg_build(tmp_path):
+    clip = _seeded(lambda: create_clip("UniPT-CLIP-tiny"), seed=3)
+    torch.save(clip.state_dict(), tmp_path / "clip.pt")
+    cfg = clip_cfg(size=(64, 32), weights=str(tmp_path / "clip.pt"))
+    from_cfg = _seeded(lambda: build_backbone(cfg))
+    plain = _seeded(lambda: CLIPVisualBackbone(arch="UniPT-CLIP-tiny", image_size=(64, 32),
+                                               weights=str(tmp_path / "clip.pt")))
+    assert isinstance(from_cfg, CLIPVisualBackbone)
+    _same_module(from_cfg, plain, torch.randn(2, 3, 64, 32))
+    random_cfg, random_plain = (_seeded(lambda: CLIPVisualBackbone(clip_cfg(size=(64, 32)))),
+                                _seeded(lambda: CLIPVisualBackbone("UniPT-CLIP-tiny", (64, 32))))
+    _same_module(random_cfg, random_plain, torch.randn(1, 3, 64, 32))
+    assert not torch.equal(random_plain.tower.proj, plain.tower.proj)  # the file was loaded above
+
+
+def test_clip_visual_backbone_refuses_non_vit_clip():
+    with pytest.raises(ValueError, match="'RN50' has a ResNet image tower"):
+        CLIPVisualBackbone("RN50", (64, 32))

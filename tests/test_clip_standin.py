@@ -7,12 +7,12 @@ import open_clip
 import pytest
 import torch
 
-from unipt_plugin.pseudo_text.clip_model import build_clip
+from unipt_plugin.modeling.clip_models import create_clip
+from unipt_plugin.pseudo_text.clip_model import load_frozen_clip
 from unipt_plugin.pseudo_text.vocabulary import load_vocabulary
 from unipt_plugin.synthetic.clip_standin import (
     accuracy_markdown,
     attribute_accuracy,
-    build_standin_model,
     encode_text_trimmed,
     load_attribute_truth,
     mean_contrastive_loss,
@@ -136,7 +136,7 @@ def test_trimmed_text_encoding_equals_open_clip():
     from open_clip.tokenizer import SimpleTokenizer
 
     torch.manual_seed(0)
-    model = build_standin_model(standin_model_config(**TINY_MODEL)).eval()
+    model = create_clip(standin_model_config(**TINY_MODEL)).eval()
     tokens = SimpleTokenizer()(["a man in a red shirt", "the woman walks with a black backpack and blue jeans today"])
     with torch.no_grad():
         ref = model.encode_text(tokens)
@@ -164,9 +164,9 @@ def test_training_lowers_loss_and_files_load_through_the_tool_path(tiny_world, t
     assert json.loads(out.with_suffix(".json").read_text()) == json.loads(json.dumps(config))
     # The model at initialisation: same seed, same construction as inside train_clip_standin.
     torch.manual_seed(0)
-    initial = build_standin_model(config)
+    initial = create_clip(config)
     # The pseudo-text tool's loader: open_clip config registered from the JSON, weights loaded strictly.
-    trained, tokenizer = build_clip(model_config=str(out.with_suffix(".json")), weights=str(out))
+    trained, tokenizer = load_frozen_clip(model_config=str(out.with_suffix(".json")), weights=str(out))
     assert tuple(trained.visual.image_size) == (32, 16)
     state = torch.load(out, weights_only=True)
     assert all(torch.equal(trained.state_dict()[k], v) for k, v in state.items())
@@ -184,14 +184,14 @@ def test_attribute_accuracy_runs_the_conquer_stage(tiny_world, tmp_path):
     from unipt_plugin.data.transforms import read_image
 
     torch.manual_seed(0)
-    model = build_standin_model(standin_model_config(**TINY_MODEL))
+    model = create_clip(standin_model_config(**TINY_MODEL))
     weights = tmp_path / "init.pt"
     torch.save(model.state_dict(), weights)
     weights.with_suffix(".json").write_text(json.dumps(standin_model_config(**TINY_MODEL)))
     rows = attribute_accuracy(tiny_world, weights, split="test", batch_size=4)
     # Independent reference: the conquer stage called image by image, compared by hand.
     vocab = load_vocabulary()
-    built, tokenizer = build_clip(model_config=str(weights.with_suffix(".json")), weights=str(weights))
+    built, tokenizer = load_frozen_clip(model_config=str(weights.with_suffix(".json")), weights=str(weights))
     conquer = ClipConquer(built, tokenizer, vocab)
     image_dir, files = labeled_split_images(tiny_world, "test")
     truth = json.loads((image_dir.parent / "attributes.json").read_text())

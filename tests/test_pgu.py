@@ -131,3 +131,23 @@ def test_residual_stream_stays_float32_under_autocast():
     # the bfloat16 matmuls cost a little precision, not the result (outputs of norm 1)
     assert torch.allclose(feat, ref_img[1], atol=2e-2) and torch.allclose(feat_txt, ref_txt[1], atol=2e-2)
     assert torch.allclose(parts.float(), ref_img[0], atol=5e-2, rtol=2e-2)
+
+
+def test_built_from_cfg_equals_built_from_plain_arguments():
+    from unipt_plugin.config import get_unipt_cfg
+
+    cfg = get_unipt_cfg()
+    p = cfg.MODEL.PGU
+    p.DIM, p.NUM_PROTOTYPES, p.NUM_LAYERS, p.NUM_HEADS, p.FFN_DIM, p.DROPOUT, p.PART_DIM = 16, 3, 2, 4, 24, 0.1, 8
+    torch.manual_seed(0)
+    from_cfg = PGU(cfg, image_dim=12, text_dim=20).eval()
+    plain = _pgu()  # the same sizes as plain arguments, same seed
+    sa, sb = from_cfg.state_dict(), plain.state_dict()
+    assert list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert from_cfg.layers[0].attn.dropout == 0.1 and from_cfg.out_dim == 24
+    img = torch.randn(2, 7, 12)
+    assert all(torch.equal(a, b) for a, b in zip(from_cfg(img, "image"), plain(img, "image")))
+    # positional token widths and an overriding keyword work as with fast-reid's other modules
+    assert PGU(cfg, 12, 20).num_prototypes == 3 and PGU(cfg, 12, 20, num_prototypes=5).num_prototypes == 5
+    torch.manual_seed(1)
+    assert not torch.equal(PGU(cfg, image_dim=12, text_dim=20).prototypes, plain.prototypes)

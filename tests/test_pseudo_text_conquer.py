@@ -121,13 +121,13 @@ def test_vocabulary_errors_name_file_and_attribute(tmp_path, edit, attr, message
 
 
 def test_prompt_embeddings_are_normalised_prompt_means(small, tmp_path):
-    from unipt_plugin.pseudo_text.clip_model import build_clip
+    from unipt_plugin.pseudo_text.clip_model import load_frozen_clip
 
     cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
     (tmp_path / "conquer-tiny.json").write_text(json.dumps(cfg))
     torch.manual_seed(0)
-    model, tok = build_clip(model_config=str(tmp_path / "conquer-tiny.json"), random_init_ok=True)
+    model, tok = load_frozen_clip(model_config=str(tmp_path / "conquer-tiny.json"), random_init_ok=True)
     conq = ClipConquer(model, tok, small, threshold=0.9)
     assert conq.class_embeddings.shape == (small.num_classes, 16)
     assert conq.logit_scale == pytest.approx(float(model.logit_scale.exp()))

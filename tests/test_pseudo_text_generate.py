@@ -118,20 +118,20 @@ def test_openai_style_torchscript_weights(data):
     """A TorchScript archive (the format of OpenAI's ViT-B-16.pt) loads offline, QuickGELU on."""
     import open_clip
 
-    from unipt_plugin.pseudo_text.clip_model import build_clip
+    from unipt_plugin.pseudo_text.clip_model import load_frozen_clip
 
-    build_clip(model_config=str(data / "pt-tiny-clip.json"), random_init_ok=True)  # registers the config
+    open_clip.add_model_config(data / "pt-tiny-clip.json")  # the reference: open_clip's own factory
     torch.manual_seed(1)
     ref = open_clip.create_model("pt-tiny-clip", force_quick_gelu=True).eval()
     image, text = torch.randn(2, 3, 64, 64), open_clip.get_tokenizer("pt-tiny-clip")(["a man", "a woman"])
     path = data / "tiny-openai.pt"
     torch.jit.save(torch.jit.trace(ref, (image, text), check_trace=False), str(path))
-    model, _ = build_clip(model_config=str(data / "pt-tiny-clip.json"), weights=str(path))
+    model, _ = load_frozen_clip(model_config=str(data / "pt-tiny-clip.json"), weights=str(path))
     with torch.no_grad():
         assert torch.allclose(model.encode_image(image), ref.encode_image(image), atol=1e-5)
         assert torch.allclose(model.encode_text(text), ref.encode_text(text), atol=1e-5)
     with pytest.raises(ValueError, match="random-init-ok"):
-        build_clip(model_config=str(data / "pt-tiny-clip.json"), weights="")
+        load_frozen_clip(model_config=str(data / "pt-tiny-clip.json"), weights="")
 
 
 def test_output_loads_through_luperson_t(data, uninterrupted, tmp_path):

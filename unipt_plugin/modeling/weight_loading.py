@@ -6,7 +6,9 @@ checkpoints), so every weight file goes through the same steps:
 1. read the file with :func:`unipt_plugin.utils.load_weights_file` (no pickled code runs);
 2. unwrap containers: ``{"model": sd}`` (UniPT / DeiT / fast-reid checkpoints),
    ``{"state_dict": sd}`` (open_clip training checkpoints), ``{"module": sd}``; strip the
-   ``"module."`` prefix of DistributedDataParallel;
+   ``"module."`` prefix of DistributedDataParallel (torch's
+   ``consume_prefix_in_state_dict_if_present``); CLIP files are read by
+   ``clip_models.read_clip_state_dict``, which does this and drops TorchScript's non-parameters;
 3. select the part: when some keys start with ``part_prefix`` (``"visual."`` for image towers,
    ``"text."`` for text encoders in UniPT checkpoints) only those are kept, prefix removed;
    otherwise the file is taken as the module's own state dict (a timm checkpoint, a CLIP file
@@ -19,13 +21,16 @@ checkpoints), so every weight file goes through the same steps:
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from unipt_plugin.utils.io import load_weights_file
 
@@ -35,12 +40,35 @@ __all__ = [
     "unwrap_state_dict",
     "select_part",
     "load_state_dict_into",
+    "load_part_into",
     "load_weights_into",
+    "encoder_weights_skipped",
+    "encoder_weights_enabled",
 ]
 
 logger = logging.getLogger(__name__)
 
 _CONTAINER_KEYS = ("model", "state_dict", "module")
+
+_SKIP_ENCODER_WEIGHTS = contextvars.ContextVar("unipt_skip_encoder_weights", default=False)
+
+
+@contextlib.contextmanager
+def encoder_weights_skipped() -> Iterator[None]:
+    """Within the block, encoders are built with their architecture only: MODEL.VISUAL.WEIGHTS and
+    MODEL.TEXT.WEIGHTS files (and the shipped MiniLM's weights) are not read. For models whose
+    every parameter then comes from a checkpoint (``--eval-only``, search, export), so that
+    nothing is loaded twice and the encoder files need not exist where the checkpoint is used."""
+    token = _SKIP_ENCODER_WEIGHTS.set(True)
+    try:
+        yield
+    finally:
+        _SKIP_ENCODER_WEIGHTS.reset(token)
+
+
+def encoder_weights_enabled() -> bool:
+    """False inside :func:`encoder_weights_skipped`: encoders then skip their weight files."""
+    return not _SKIP_ENCODER_WEIGHTS.get()
 _LOG_FIRST = 8
 
 
@@ -73,13 +101,8 @@ def unwrap_state_dict(obj: Mapping, source: str = "<state dict>") -> dict[str, t
         if inner is None:
             break
         obj = inner
-    flat = {}
-    for key, value in obj.items():
-        if not isinstance(value, torch.Tensor):
-            continue
-        if key.startswith("module."):
-            key = key[len("module."):]
-        flat[key] = value
+    flat = {key: value for key, value in obj.items() if isinstance(value, torch.Tensor)}
+    consume_prefix_in_state_dict_if_present(flat, "module.")
     if not flat:
         raise ValueError(f"{source}: holds no tensors (keys: {sorted(obj)[:_LOG_FIRST]})")
     return flat
@@ -166,6 +189,23 @@ def load_state_dict_into(
     return report
 
 
+def load_part_into(
+    module: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    source: str,
+    part_prefix: Optional[str],
+    strip_prefixes: Sequence[str] = (),
+    adapt: Optional[Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]] = None,
+    drop: Callable[[str], bool] = lambda key: False,
+) -> LoadReport:
+    """Load the part of an already read, flat ``state_dict`` (read from ``source``) that belongs
+    to ``module``: steps 3 to 6 above (arguments as in :func:`load_weights_into`)."""
+    state_dict = select_part(state_dict, part_prefix, strip_prefixes)
+    if adapt is not None:
+        state_dict = adapt(state_dict)
+    return load_state_dict_into(module, state_dict, source, drop=drop)
+
+
 def load_weights_into(
     module: nn.Module,
     path: str | os.PathLike,
@@ -185,7 +225,5 @@ def load_weights_into(
         drop: keys to ignore on purpose.
     """
     source = str(path)
-    state_dict = select_part(unwrap_state_dict(load_weights_file(path), source), part_prefix, strip_prefixes)
-    if adapt is not None:
-        state_dict = adapt(state_dict)
-    return load_state_dict_into(module, state_dict, source, drop=drop)
+    state_dict = unwrap_state_dict(load_weights_file(path), source)
+    return load_part_into(module, state_dict, source, part_prefix, strip_prefixes, adapt, drop)

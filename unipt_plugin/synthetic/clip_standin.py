@@ -9,10 +9,10 @@ a CUHK-PEDES-format folder (``CUHK-PEDES/reid_raw.json`` + ``imgs/``, read by th
 
 * ``<out>.pt``: the model's state dict (``utils.io.atomic_torch_save``), and
 * ``<out>.json``: its open_clip model config, the file ``tools/generate_pseudo_texts.py`` takes as
-  ``--model-config`` (with ``--weights <out>.pt``); open_clip registers it under the file stem.
+  ``--model-config`` (with ``--weights <out>.pt``); ``modeling.clip_models.create_clip`` builds it.
 
 ``attribute_accuracy`` runs the pseudo-text conquer stage (``pseudo_text.conquer.ClipConquer``,
-built through ``pseudo_text.clip_model.build_clip`` exactly as the tool does) on labeled images and
+built through ``pseudo_text.clip_model.load_frozen_clip`` exactly as the tool does) on labeled images and
 scores its choices against the ground-truth attributes in ``attributes.json``
 (``file_path -> {attribute: class id}``; an optional attribute that is absent is ``"none"`` or
 left out).
@@ -23,20 +23,29 @@ import json
 import logging
 import math
 import os
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-import numpy as np
 import torch
+import torch.nn.functional as F
+from fastreid.utils.env import seed_all_rng
+from open_clip.loss import ClipLoss
+from open_clip.tokenizer import SimpleTokenizer
+from open_clip.transformer import text_global_pool
 from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
+from tqdm import tqdm
 
-from ..utils.io import atomic_torch_save, atomic_write_json
+from ..data.datasets.cuhk_pedes import CUHKPEDES, CUHKPEDESVal
 from ..data.transforms import read_image
+from ..modeling.clip_models import clip_model_config, create_clip
+from ..pseudo_text.clip_model import load_frozen_clip
+from ..pseudo_text.conquer import ClipConquer
 from ..pseudo_text.image_list import ImageListDataset, clip_transform
 from ..pseudo_text.vocabulary import NEGATIVE_ID, Vocabulary, load_vocabulary
+from ..utils.io import atomic_torch_save, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +57,6 @@ __all__ = [
     "train_clip_standin",
     "encode_text_trimmed",
     "mean_contrastive_loss",
-    "build_standin_model",
     "AccuracyRow",
     "selection_accuracy",
     "load_attribute_truth",
@@ -95,17 +103,6 @@ def standin_model_config(
     }
 
 
-def build_standin_model(model_config: Mapping[str, Any]) -> torch.nn.Module:
-    """A randomly initialised ``open_clip.CLIP`` from a model config dict (as ``open_clip.create_model`` builds it)."""
-    import open_clip
-
-    cfg = json.loads(json.dumps(model_config))  # deep copy, JSON types (what the saved config holds)
-    for key in ("embed_dim", "vision_cfg", "text_cfg"):
-        if key not in cfg:
-            raise ValueError(f"open_clip model config needs {key!r}, got keys {sorted(cfg)}")
-    return open_clip.CLIP(**cfg)
-
-
 # ---------------------------------------------------------------------------------- labeled data
 def resolve_labeled_root(labeled_root: str | os.PathLike) -> Path:
     """The datasets root holding ``CUHK-PEDES/reid_raw.json`` (``labeled_root`` or, given the
@@ -121,8 +118,6 @@ def resolve_labeled_root(labeled_root: str | os.PathLike) -> Path:
 
 def _labeled_dataset(labeled_root: str | os.PathLike, split: str) -> Any:
     """The project's CUHK-PEDES loader with ``split`` as its test split (validates the whole file)."""
-    from ..data.datasets.cuhk_pedes import CUHKPEDES, CUHKPEDESVal
-
     classes = {"test": CUHKPEDES, "val": CUHKPEDESVal}
     if split not in classes:
         raise ValueError(f"split must be one of {sorted(classes)}, got {split!r}")
@@ -159,8 +154,6 @@ class _PairDataset(Dataset):
 def _train_transform(eval_transform: Callable) -> Callable:
     """Light augmentation (flip, small shift/scale, brightness/contrast; no hue: colours are attributes)
     before the model's own evaluation transform."""
-    from torchvision import transforms as T
-
     return T.Compose([
         T.RandomHorizontalFlip(),
         T.RandomAffine(degrees=0, translate=(0.05, 0.05), scale=(0.9, 1.05)),
@@ -171,8 +164,6 @@ def _train_transform(eval_transform: Callable) -> Callable:
 
 def _pair_loader(pairs: Sequence[tuple[str, str]], model: torch.nn.Module, transform: Callable, batch_size: int,
                  shuffle: bool, seed: int, num_workers: int) -> DataLoader:
-    from open_clip.tokenizer import SimpleTokenizer
-
     ctx = int(model.context_length)
     tokens = SimpleTokenizer(context_length=ctx)([c for _, c in pairs], context_length=ctx)
     dataset = _PairDataset([p for p, _ in pairs], tokens, transform)
@@ -188,8 +179,6 @@ def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.T
     reaches the output: dropping the all-padding tail gives the same (B, D) features at a fraction
     of the cost (captions are far shorter than the 77-token context).
     """
-    from open_clip.transformer import text_global_pool
-
     length = max(1, int((tokens != 0).sum(dim=1).max()))
     tokens = tokens[:, :length]
     cast_dtype = model.transformer.get_cast_dtype()
@@ -204,8 +193,6 @@ def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.T
 
 def _features(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, D) unit image and text features of a batch of pairs."""
-    import torch.nn.functional as F
-
     return F.normalize(model.encode_image(images), dim=-1), F.normalize(encode_text_trimmed(model, tokens), dim=-1)
 
 
@@ -216,8 +203,6 @@ def mean_contrastive_loss(model: torch.nn.Module, pairs: Sequence[tuple[str, str
 
     Uses the model's own logit scale; batches follow the order of ``pairs``.
     """
-    from open_clip.loss import ClipLoss
-
     was_training = model.training
     model.eval()
     loader = _pair_loader(pairs, model, clip_transform(model, resize_mode), batch_size, False, 0, 0)
@@ -231,12 +216,6 @@ def mean_contrastive_loss(model: torch.nn.Module, pairs: Sequence[tuple[str, str
 
 
 # ---------------------------------------------------------------------------------- training
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on matrices only (not on biases, norm gains, embeddings' scalars or the logit scale)."""
     decay, no_decay = [], []
@@ -277,8 +256,6 @@ def train_clip_standin(
         resize_mode: how images are fitted to the image size; the same as the conquer stage's
             (``pseudo_text.image_list.clip_transform``) so training and use see the same inputs.
     """
-    from open_clip.loss import ClipLoss
-
     if epochs < 1 or batch_size < 2:
         raise ValueError(f"epochs must be >= 1 and batch_size >= 2, got epochs={epochs}, batch_size={batch_size}")
     out_path = Path(out_path)
@@ -286,16 +263,14 @@ def train_clip_standin(
         raise ValueError(f"out_path must end in .pt (the model config is written next to it as .json), got {out_path}")
     if model_config is None:
         if arch:
-            from ..modeling.clip_models import clip_model_config
-
-            model_config = clip_model_config(arch)
+            model_config = clip_model_config(arch, plain_vit=True)
             model_config["vision_cfg"]["image_size"] = [int(s) for s in image_size]
         else:
             model_config = standin_model_config(image_size)
-    _seed_everything(seed)
+    seed_all_rng(seed)  # Python, numpy and torch
     pairs = read_caption_pairs(labeled_root)
     device = torch.device(device)
-    model = build_standin_model(model_config).to(device).train()
+    model = create_clip(model_config).to(device).train()
     eval_tf = clip_transform(model, resize_mode)
     loader = _pair_loader(pairs, model, _train_transform(eval_tf), batch_size, True, seed, num_workers)
     steps = epochs * len(loader)
@@ -308,10 +283,10 @@ def train_clip_standin(
     logger.info("CLIP stand-in: %d params, %d train pairs, %d epochs x %d steps", n_params, len(pairs), epochs, len(loader))
     progress = None
     if show_progress:
-        from tqdm import tqdm
-
         progress = tqdm(total=steps, desc="CLIP stand-in", unit="step")
     start, loss_avg = time.time(), None
+    # Without the tqdm bar, a progress line is logged every ~10 s and after the last step.
+    done_steps, last_report = 0, time.monotonic()
     try:
         for epoch in range(epochs):
             for images, tokens in loader:
@@ -325,9 +300,17 @@ def train_clip_standin(
                 with torch.no_grad():
                     model.logit_scale.clamp_(0, math.log(100))
                 loss_avg = loss.item() if loss_avg is None else 0.9 * loss_avg + 0.1 * loss.item()
+                done_steps += 1
                 if progress is not None:
                     progress.update(1)
                     progress.set_postfix(epoch=epoch + 1, loss=f"{loss_avg:.3f}", scale=f"{scale.item():.1f}")
+                elif time.monotonic() - last_report >= 10.0 or done_steps == steps:
+                    last_report = time.monotonic()
+                    rate = done_steps / max(time.time() - start, 1e-9)
+                    eta = int((steps - done_steps) / rate)
+                    logger.info("CLIP stand-in: epoch %d/%d, step %d/%d, loss %.3f, %.2f steps/s, eta %d:%02d:%02d",
+                                epoch + 1, epochs, done_steps, steps, loss_avg, rate,
+                                eta // 3600, eta // 60 % 60, eta % 60)
     finally:
         if progress is not None:
             progress.close()
@@ -454,19 +437,16 @@ def attribute_accuracy(
 ) -> list[AccuracyRow]:
     """Run the pseudo-text conquer stage on the images of ``split`` and score it against ``attributes.json``.
 
-    The CLIP model is built by ``pseudo_text.clip_model.build_clip`` from the JSON config
+    The CLIP model is built by ``pseudo_text.clip_model.load_frozen_clip`` from the JSON config
     (default: ``weights`` with suffix ``.json``) and the weights file, as
     ``tools/generate_pseudo_texts.py --model-config ... --weights ...`` builds it; images go
     through the same transform and ``ClipConquer`` (threshold, logit scale) as in that tool.
     """
-    from ..pseudo_text.clip_model import build_clip
-    from ..pseudo_text.conquer import ClipConquer
-
     image_dir, files = labeled_split_images(labeled_root, split)
     vocab = load_vocabulary(vocabulary)
     truth = load_attribute_truth(image_dir.parent / "attributes.json", files, vocab)
     model_config = str(model_config) if model_config else str(Path(weights).with_suffix(".json"))
-    model, tokenizer = build_clip("", str(weights), model_config, device)
+    model, tokenizer = load_frozen_clip("", str(weights), model_config, device)
     conquer = ClipConquer(model, tokenizer, vocab, device, threshold, logit_scale)
     size = model.visual.image_size
     h, w = (size, size) if isinstance(size, int) else size

@@ -11,17 +11,24 @@ Tokens are taken AFTER ``ln_post`` and the projection ``proj``: every token live
 joint image-text space (width ``embed_dim``, 512 for ViT-B/16), and token 0 equals CLIP's own
 image embedding. This matches how CLIP-based person-search methods use the patch tokens and
 lets a CLIP text encoder share the width.
+
+The tower is cut from :func:`unipt_plugin.modeling.clip_models.create_clip` and its weights
+file is read by ``clip_models.read_clip_state_dict`` (the readers of the whole-CLIP loader).
+``CLIPVisualBackbone`` is fast-reid ``@configurable``: ``CLIPVisualBackbone(cfg)`` or plain
+arguments; the registered builder ``build_clip_visual_backbone(cfg)`` is ``CLIPVisualBackbone(cfg)``.
 """
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
+from fastreid.config import configurable
 from fastreid.modeling.backbones import BACKBONE_REGISTRY
 from torch import nn
 
-from unipt_plugin.modeling.clip_models import build_clip, open_clip_version
-from unipt_plugin.modeling.weight_loading import LoadReport, load_weights_into
+from unipt_plugin.modeling.clip_models import create_clip, open_clip_version, read_clip_state_dict
+from unipt_plugin.modeling.weight_loading import LoadReport, encoder_weights_enabled, load_part_into
 
 from .pos_embed import patch_grid, resize_pos_embed
 
@@ -37,12 +44,14 @@ class CLIPVisualBackbone(nn.Module):
     CLIP embedding width), class token first.
     ``grad_checkpointing``: open_clip's ``set_grad_checkpointing`` of the tower (each residual
     block recomputed during backward); an open_clip without it is refused.
+    ``weights``: a local CLIP / open_clip / UniPT file loaded at the end (:meth:`load_weights`).
     """
 
+    @configurable
     def __init__(self, arch: str, image_size: tuple[int, int], stride: int = 0,
-                 grad_checkpointing: bool = False) -> None:
+                 grad_checkpointing: bool = False, weights: str = "") -> None:
         super().__init__()
-        self.tower = build_clip(arch, image_size).visual
+        self.tower = create_clip(arch, image_size, plain_vit=True).visual
         if self.tower.attn_pool is not None:
             raise ValueError(f"open_clip architecture '{arch}' uses attentional pooling; not supported")
         patch = self.tower.patch_size[0]
@@ -67,6 +76,16 @@ class CLIPVisualBackbone(nn.Module):
             "CLIP visual backbone %s: input %dx%d, patch %d stride %d, grid %dx%d, output width %d",
             arch, image_size[0], image_size[1], patch, stride, *self.grid_size, self.out_dim,
         )
+        if weights:
+            self.load_weights(weights)
+
+    @classmethod
+    def from_config(cls, cfg) -> dict[str, Any]:
+        """``__init__`` arguments from ``cfg.MODEL.VISUAL`` and ``cfg.INPUT.SIZE_TRAIN``."""
+        v = cfg.MODEL.VISUAL
+        return {"arch": v.ARCH, "image_size": tuple(cfg.INPUT.SIZE_TRAIN), "stride": v.STRIDE,
+                "grad_checkpointing": bool(v.GRAD_CHECKPOINTING),
+                "weights": v.WEIGHTS if encoder_weights_enabled() else ""}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, 3, H, W), normalised -> tokens (B, 1 + N, out_dim) after ln_post and proj."""
@@ -91,15 +110,11 @@ class CLIPVisualBackbone(nn.Module):
                 sd["positional_embedding"] = resize_pos_embed(sd["positional_embedding"], 1, self.grid_size)
             return sd
 
-        return load_weights_into(self.tower, path, part_prefix="visual.", strip_prefixes=("model.", "tower."), adapt=adapt)
+        return load_part_into(self.tower, read_clip_state_dict(path), str(path), part_prefix="visual.",
+                              strip_prefixes=("model.", "tower."), adapt=adapt)
 
 
 @BACKBONE_REGISTRY.register()
 def build_clip_visual_backbone(cfg) -> CLIPVisualBackbone:
     """fast-reid builder: a :class:`CLIPVisualBackbone` from ``cfg.MODEL.VISUAL``."""
-    v = cfg.MODEL.VISUAL
-    model = CLIPVisualBackbone(v.ARCH, tuple(cfg.INPUT.SIZE_TRAIN), stride=v.STRIDE,
-                               grad_checkpointing=bool(v.GRAD_CHECKPOINTING))
-    if v.WEIGHTS:
-        model.load_weights(v.WEIGHTS)
-    return model
+    return CLIPVisualBackbone(cfg)

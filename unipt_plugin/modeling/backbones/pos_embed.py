@@ -2,14 +2,17 @@
 
 The authors build ViT-B/16's position embeddings for the 24x24 grid of a 384x384 checkpoint and
 resize them bilinearly (``align_corners=True``) to the 24x8 grid of a 384x128 person image; the
-prefix tokens' embeddings (class token) are kept as they are.
+prefix tokens' embeddings (class token) are kept as they are. The interpolation is timm's
+``resample_abs_pos_embed`` with ``interpolation="bilinear", align_corners=True, antialias=False``
+(timm's defaults, bicubic with antialiasing, would give other values than the grid resize used
+so far; ``tests/test_library_equivalence.py`` shows the chosen settings reproduce it exactly).
 """
 from __future__ import annotations
 
 import math
 
 import torch
-import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
 
 __all__ = ["patch_grid", "resize_pos_embed"]
 
@@ -50,8 +53,7 @@ def resize_pos_embed(
     pe = pos_embed.unsqueeze(0) if squeeze else pos_embed
     if pe.dim() != 3 or pe.shape[0] != 1:
         raise ValueError(f"position embedding must be (1, L, C) or (L, C), got {tuple(pos_embed.shape)}")
-    prefix, grid = pe[:, :num_prefix_tokens], pe[:, num_prefix_tokens:]
-    n = grid.shape[1]
+    n = pe.shape[1] - num_prefix_tokens
     if old_grid is None:
         side = math.isqrt(n)
         if side * side != n:
@@ -66,9 +68,6 @@ def resize_pos_embed(
         raise ValueError(f"position embedding has {n} grid rows, not {old_grid[0]}x{old_grid[1]}")
     if tuple(old_grid) == tuple(new_grid):
         return pos_embed
-    c = grid.shape[-1]
-    img = grid.reshape(1, old_grid[0], old_grid[1], c).permute(0, 3, 1, 2).float()
-    img = F.interpolate(img, size=tuple(new_grid), mode="bilinear", align_corners=True)
-    grid = img.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], c).to(pos_embed.dtype)
-    out = torch.cat([prefix, grid], dim=1)
+    out = resample_abs_pos_embed(pe, list(new_grid), list(old_grid), num_prefix_tokens=num_prefix_tokens,
+                                 interpolation="bilinear", antialias=False, align_corners=True)
     return out.squeeze(0) if squeeze else out

@@ -12,17 +12,23 @@ The model is built for ``cfg.INPUT.SIZE_TRAIN`` (H, W); a checkpoint's position 
 
 Distilled DeiT variants (and register-token ViTs) carry extra prefix tokens; the output drops
 them so that it is always (B, 1 + N, C) with the class token first.
+
+``ViTBackbone`` is fast-reid ``@configurable``: ``ViTBackbone(cfg)`` reads the keys above
+(``from_config``), ``ViTBackbone(arch=..., image_size=..., ...)`` takes them as arguments; the
+registered builder ``build_timm_vit_backbone(cfg)`` (the name configs use) is ``ViTBackbone(cfg)``.
 """
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import timm
 import torch
+from fastreid.config import configurable
 from fastreid.modeling.backbones import BACKBONE_REGISTRY
 from torch import nn
 
-from unipt_plugin.modeling.weight_loading import LoadReport, load_weights_into
+from unipt_plugin.modeling.weight_loading import LoadReport, encoder_weights_enabled, load_weights_into
 
 from .pos_embed import patch_grid, resize_pos_embed
 
@@ -39,8 +45,10 @@ class ViTBackbone(nn.Module):
     forward: normalised images (B, 3, H, W) -> tokens (B, 1 + N, C) after the final norm,
     class token first, N = grid rows x cols. Attributes ``out_dim`` (C), ``grid_size``.
     ``grad_checkpointing``: timm's ``set_grad_checkpointing`` (blocks recomputed in backward).
+    ``weights``: a local timm / UniPT checkpoint loaded at the end (:meth:`load_weights`); "" = random.
     """
 
+    @configurable
     def __init__(
         self,
         arch: str,
@@ -51,6 +59,7 @@ class ViTBackbone(nn.Module):
         embed_dim: int = 0,
         num_heads: int = 0,
         grad_checkpointing: bool = False,
+        weights: str = "",
     ) -> None:
         super().__init__()
         overrides = {k: v for k, v in (("depth", depth), ("embed_dim", embed_dim), ("num_heads", num_heads)) if v > 0}
@@ -74,6 +83,19 @@ class ViTBackbone(nn.Module):
             "ViT backbone %s: input %dx%d, patch %d stride %d, grid %dx%d, width %d, depth %d",
             arch, image_size[0], image_size[1], patch, stride, *self.grid_size, self.out_dim, len(self.vit.blocks),
         )
+        if weights:
+            self.load_weights(weights)
+
+    @classmethod
+    def from_config(cls, cfg) -> dict[str, Any]:
+        """``__init__`` arguments from ``cfg.MODEL.VISUAL`` and ``cfg.INPUT.SIZE_TRAIN``."""
+        v = cfg.MODEL.VISUAL
+        return {
+            "arch": v.ARCH, "image_size": tuple(cfg.INPUT.SIZE_TRAIN), "stride": v.STRIDE, "drop_path": v.DROP_PATH,
+            "depth": v.DEPTH, "embed_dim": v.EMBED_DIM, "num_heads": v.NUM_HEADS,
+            "grad_checkpointing": bool(v.GRAD_CHECKPOINTING),
+            "weights": v.WEIGHTS if encoder_weights_enabled() else "",
+        }
 
     def _set_stride(self, stride: int) -> None:
         """Overlapping patches: change the conv stride and rebuild the position embedding."""
@@ -111,12 +133,4 @@ class ViTBackbone(nn.Module):
 @BACKBONE_REGISTRY.register()
 def build_timm_vit_backbone(cfg) -> ViTBackbone:
     """fast-reid builder: a :class:`ViTBackbone` from ``cfg.MODEL.VISUAL`` and ``cfg.INPUT.SIZE_TRAIN``."""
-    v = cfg.MODEL.VISUAL
-    model = ViTBackbone(
-        v.ARCH, tuple(cfg.INPUT.SIZE_TRAIN), stride=v.STRIDE, drop_path=v.DROP_PATH,
-        depth=v.DEPTH, embed_dim=v.EMBED_DIM, num_heads=v.NUM_HEADS,
-        grad_checkpointing=bool(v.GRAD_CHECKPOINTING),
-    )
-    if v.WEIGHTS:
-        model.load_weights(v.WEIGHTS)
-    return model
+    return ViTBackbone(cfg)

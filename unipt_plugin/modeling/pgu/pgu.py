@@ -3,7 +3,7 @@
 Learnable prototypes, shared by both modalities, attend to a modality's token features through
 a small decoder of cross-attention layers (no self-attention, no positional embedding); one
 bias-free projection per prototype turns the prototypes into parts, and the concatenated parts,
-L2-normalised, are the PGU feature (method-notes section 3).
+L2-normalised, are the PGU feature (docs/choices.md, Fine-tuning: the PGU rows).
 
 Choices of ours (the authors' fine-tuning code is not public):
 * each modality's tokens enter through its own Linear(token width, DIM) with bias, always
@@ -13,9 +13,11 @@ Choices of ours (the authors' fine-tuning code is not public):
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from fastreid.config import configurable
 from torch import nn
 
 __all__ = ["PGU", "PGUDecoderLayer"]
@@ -52,6 +54,10 @@ class PGUDecoderLayer(nn.Module):
 class PGU(nn.Module):
     """PGU module shared by image and text.
 
+    fast-reid ``@configurable``: ``PGU(cfg, image_dim=..., text_dim=...)`` reads MODEL.PGU.* (the
+    token widths come from the encoders, not the config); ``PGU(image_dim=..., text_dim=...,
+    num_prototypes=..., ...)`` takes plain arguments.
+
     Args:
         image_dim, text_dim: token widths of the visual and text encoders.
         dim: decoder width (0 = ``image_dim``). num_prototypes, num_layers, num_heads, ffn_dim,
@@ -62,6 +68,7 @@ class PGU(nn.Module):
     the decoder layers and ``feature`` are float32.
     """
 
+    @configurable
     def __init__(self, image_dim: int, text_dim: int, dim: int = 384, num_prototypes: int = 6,
                  num_layers: int = 2, num_heads: int = 8, ffn_dim: int = 1536,
                  dropout: float = 0.1, part_dim: int = 512) -> None:
@@ -80,11 +87,12 @@ class PGU(nn.Module):
         self.part_proj = nn.Parameter(torch.empty(num_prototypes, part_dim, dim).uniform_(-bound, bound))
 
     @classmethod
-    def from_config(cls, cfg, image_dim: int, text_dim: int) -> "PGU":
+    def from_config(cls, cfg, image_dim: int, text_dim: int) -> dict[str, Any]:
+        """``__init__`` arguments: the token widths as given, the rest from ``cfg.MODEL.PGU``."""
         p = cfg.MODEL.PGU
-        return cls(image_dim, text_dim, dim=p.DIM, num_prototypes=p.NUM_PROTOTYPES,
-                   num_layers=p.NUM_LAYERS, num_heads=p.NUM_HEADS, ffn_dim=p.FFN_DIM,
-                   dropout=p.DROPOUT, part_dim=p.PART_DIM)
+        return {"image_dim": image_dim, "text_dim": text_dim, "dim": p.DIM, "num_prototypes": p.NUM_PROTOTYPES,
+                "num_layers": p.NUM_LAYERS, "num_heads": p.NUM_HEADS, "ffn_dim": p.FFN_DIM,
+                "dropout": p.DROPOUT, "part_dim": p.PART_DIM}
 
     @property
     def out_dim(self) -> int:

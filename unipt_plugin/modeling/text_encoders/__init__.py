@@ -5,7 +5,7 @@
 (C) and ``vocab_size``.
 """
 from .registry import TEXT_ENCODER_REGISTRY, build_text_encoder
-from .bert import BertTextEncoder, SmallBertTextEncoder, shipped_minilm_dir
+from .bert import BertTextEncoder, SmallBertTextEncoder
 from .clip_text import CLIPTextEncoder
 
 __all__ = [
@@ -14,5 +14,4 @@ __all__ = [
     "BertTextEncoder",
     "SmallBertTextEncoder",
     "CLIPTextEncoder",
-    "shipped_minilm_dir",
 ]

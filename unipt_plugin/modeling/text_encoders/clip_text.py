@@ -13,16 +13,22 @@ to padding and ``attention_mask`` needs no further use here (the features at pad
 positions are whatever the causal transformer computes: consumers mask them).
 ``MODEL.TEXT.GRAD_CHECKPOINTING``: open_clip's activation checkpointing of the residual blocks
 (the ``grad_checkpointing`` switch of its ``Transformer``); an open_clip without it is refused.
+
+The tower is cut from :func:`unipt_plugin.modeling.clip_models.create_clip`; its weights file is
+read by ``clip_models.read_clip_state_dict``. fast-reid ``@configurable``:
+``CLIPTextEncoder(cfg)`` or ``CLIPTextEncoder(arch=..., max_length=..., ...)``.
 """
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
+from fastreid.config import configurable
 from torch import nn
 
-from unipt_plugin.modeling.clip_models import build_clip, open_clip_version
-from unipt_plugin.modeling.weight_loading import LoadReport, load_weights_into
+from unipt_plugin.modeling.clip_models import create_clip, open_clip_version, read_clip_state_dict
+from unipt_plugin.modeling.weight_loading import LoadReport, encoder_weights_enabled, load_part_into
 
 from .registry import TEXT_ENCODER_REGISTRY
 
@@ -30,16 +36,18 @@ __all__ = ["CLIPTextEncoder"]
 
 logger = logging.getLogger(__name__)
 
-_NON_TEXT_PREFIXES = ("visual.", "logit_scale", "logit_bias", "input_resolution", "context_length", "vocab_size")
+# The image tower and CLIP's similarity scale / bias (TorchScript's non-parameters are dropped on reading).
+_NON_TEXT_PREFIXES = ("visual.", "logit_scale", "logit_bias")
 
 
 @TEXT_ENCODER_REGISTRY.register()
 class CLIPTextEncoder(nn.Module):
     """CLIP text transformer: (input_ids (B, L), attention_mask (B, L)) -> tokens (B, L, out_dim)."""
 
+    @configurable
     def __init__(self, arch: str, max_length: int = 77, weights: str = "", grad_checkpointing: bool = False) -> None:
         super().__init__()
-        clip = build_clip(arch)
+        clip = create_clip(arch, plain_vit=True)
         self.token_embedding = clip.token_embedding
         self.positional_embedding = clip.positional_embedding
         self.transformer = clip.transformer
@@ -83,15 +91,16 @@ class CLIPTextEncoder(nn.Module):
 
     def load_weights(self, path: str) -> LoadReport:
         """Load the text part of a CLIP / open_clip file or the "text." part of a UniPT checkpoint."""
-        return load_weights_into(
-            self, path, part_prefix="text.", strip_prefixes=("model.",),
+        return load_part_into(
+            self, read_clip_state_dict(path), str(path), part_prefix="text.", strip_prefixes=("model.",),
             drop=lambda key: key.startswith(_NON_TEXT_PREFIXES),
         )
 
     @classmethod
-    def from_config(cls, cfg) -> "CLIPTextEncoder":
+    def from_config(cls, cfg) -> dict[str, Any]:
+        """``__init__`` arguments from ``cfg.MODEL.TEXT`` (DROPOUT must stay -1) and ``cfg.INPUT.TEXT``."""
         if float(cfg.MODEL.TEXT.DROPOUT) >= 0:
             raise ValueError(f"MODEL.TEXT.DROPOUT = {cfg.MODEL.TEXT.DROPOUT}: the CLIP text tower has no dropout; "
                              f"leave it at -1 with MODEL.TEXT.NAME CLIPTextEncoder")
-        return cls(cfg.MODEL.TEXT.ARCH, cfg.INPUT.TEXT.MAX_LENGTH, cfg.MODEL.TEXT.WEIGHTS,
-                   bool(cfg.MODEL.TEXT.GRAD_CHECKPOINTING))
+        return {"arch": cfg.MODEL.TEXT.ARCH, "max_length": cfg.INPUT.TEXT.MAX_LENGTH, "weights": cfg.MODEL.TEXT.WEIGHTS if encoder_weights_enabled() else "",
+                "grad_checkpointing": bool(cfg.MODEL.TEXT.GRAD_CHECKPOINTING)}

@@ -1,8 +1,9 @@
 """Registry of text encoders and the config builder.
 
 Every registered class takes ``(input_ids (B, L), attention_mask (B, L))`` in ``forward`` and
-returns token features (B, L, C); it has attributes ``out_dim`` (C) and ``vocab_size``, and a
-``from_config(cfg)`` classmethod that ``build_text_encoder`` calls.
+returns token features (B, L, C); it has attributes ``out_dim`` (C) and ``vocab_size``, and is
+built from the config as ``cls(cfg)``: fast-reid's ``@configurable`` ``__init__`` with a
+``from_config(cfg)`` classmethod returning the ``__init__`` arguments.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ TEXT_ENCODER_REGISTRY.__doc__ = "Text encoders: (input_ids, attention_mask) -> t
 
 
 def build_text_encoder(cfg) -> nn.Module:
-    """The text encoder named by ``cfg.MODEL.TEXT.NAME``, built by its ``from_config(cfg)``."""
+    """The text encoder named by ``cfg.MODEL.TEXT.NAME``, built as ``cls(cfg)``."""
     name = cfg.MODEL.TEXT.NAME
     try:
         cls = TEXT_ENCODER_REGISTRY.get(name)
@@ -25,4 +26,4 @@ def build_text_encoder(cfg) -> nn.Module:
             f"MODEL.TEXT.NAME '{name}' is not a registered text encoder "
             f"(BertTextEncoder, SmallBertTextEncoder, CLIPTextEncoder or a plugin's own)"
         ) from e
-    return cls.from_config(cfg)
+    return cls(cfg)
