@@ -130,10 +130,13 @@ def test_train_batches(root, prob):
     path_of_img = {img_id: p for p, _, _, img_id in items}
     pid_of_img = {img_id: pid for _, _, pid, img_id in items}
     batch = next(iter(loader))
-    assert set(batch) == {"images", "text_ids", "text_mask", "targets", "img_ids"}
+    # no MLM keys: the default MODEL.META_ARCHITECTURE is not UniPTPretrain (tests/test_mlm_collator.py)
+    assert set(batch) == {"images", "text_ids", "text_mask", "targets", "img_ids", "seeds"}
     assert batch["images"].dtype == torch.uint8 and batch["images"].shape == (4, 3, H, W)
-    for key in ("text_ids", "text_mask", "targets", "img_ids"):
+    for key in ("text_ids", "text_mask", "targets", "img_ids", "seeds"):
         assert batch[key].dtype == torch.long
+    # the samples' own seeds: positions 0..3 of rank 0's stream of a run seeded cfg.SEED
+    assert batch["seeds"].tolist() == [sample_seed(int(cfg.SEED), 0, p) for p in range(4)]
     assert batch["text_ids"].shape == batch["text_mask"].shape == (4, _width(batch["text_mask"]))
     assert batch["images"].max() > 1 and batch["images"].min() >= 0  # 0-255 scale
     for i in range(4):
@@ -401,15 +404,35 @@ def test_seeded_items_never_touch_cuda_generators(root, monkeypatch):
         pass
     assert calls == []
     assert torch.equal(torch.get_rng_state(), cpu_state)  # the process's CPU RNG is left as it was
-    # the flips are those of the CPU generator seeded with each sample's seed, drawn by hand
+    # the flips are those of the CPU generator seeded with each sample's augmentation sub-seed,
+    # drawn by hand
+    from unipt_plugin.data.common import AUGMENT_SEED_STREAM, derive_seed
+
     flipped = []
     for i, (seed, item) in enumerate(zip(seeds, items)):
         path = dataset.img_items[i % len(dataset)][0]
         ref = _unflipped(cfg, path)
-        flip = bool(torch.rand(1, generator=torch.Generator().manual_seed(seed)) < 0.5)
+        aug_seed = derive_seed(seed, AUGMENT_SEED_STREAM)
+        flip = bool(torch.rand(1, generator=torch.Generator().manual_seed(aug_seed)) < 0.5)
         assert torch.equal(item["image"], ref.flip(-1) if flip else ref), i
         flipped.append(flip)
     assert 0 < sum(flipped) < len(flipped)  # both outcomes occur: the comparison can tell
+
+
+def test_augmentation_depends_on_the_run_seed_and_rank(root):
+    """The flips at the same stream positions differ between run seeds and between ranks (torch
+    keeps only the low 32 bits of a seed: the raw sample seed would give every run the same flips)."""
+    r, _ = root
+    cfg = _cfg(r, batch=4, flip_prob=0.5, workers=0)
+    _, dataset = _seeded_items(cfg)
+    ref = _unflipped(cfg, dataset.img_items[0][0])
+
+    def flips(seed, rank):
+        return [not torch.equal(dataset[(0, sample_seed(seed, rank, p))]["image"], ref) for p in range(24)]
+
+    base = flips(0, 0)
+    assert 0 < sum(base) < len(base)
+    assert flips(1, 0) != base and flips(0, 1) != base and flips(0, 2) != base
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -1,5 +1,6 @@
 """Losses: contrastive (vs open_clip's ClipLoss and a hand computation), MLM masking
-statistics, semi-hard ranking on hand-built similarity matrices, identity losses."""
+statistics (``mask_tokens``, which the data pipeline applies per sample: tests/test_mlm_collator.py),
+semi-hard ranking on hand-built similarity matrices, identity losses."""
 import math
 
 import pytest
@@ -7,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from unipt_plugin.data.mlm_masking import mask_tokens
 from unipt_plugin.modeling.losses import (IGNORE_INDEX, PartClassifiers, SharedClassifier,
-                                          contrastive_loss, identity_loss, mask_tokens, mlm_loss,
+                                          contrastive_loss, identity_loss, mlm_loss,
                                           part_identity_loss, ranking_loss,
                                           ranking_loss_from_similarity)
 

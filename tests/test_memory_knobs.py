@@ -167,14 +167,14 @@ def test_clip_text_gradient_checkpointing():
 def test_clip_text_without_open_clip_support_is_refused(monkeypatch):
     from unipt_plugin.modeling.text_encoders import clip_text
 
-    real = clip_text.build_clip
+    real = clip_text.create_clip
 
-    def without_switch(arch):
-        clip = real(arch)
+    def without_switch(arch, **kwargs):
+        clip = real(arch, **kwargs)
         del clip.transformer.grad_checkpointing
         return clip
 
-    monkeypatch.setattr(clip_text, "build_clip", without_switch)
+    monkeypatch.setattr(clip_text, "create_clip", without_switch)
     with pytest.raises(ValueError, match="GRAD_CHECKPOINTING.*set it to False"):
         build_text_encoder(_text_cfg("CLIPTextEncoder", True, ARCH="UniPT-CLIP-tiny"))
 
@@ -196,7 +196,7 @@ def test_t2i_losses_and_gradients_do_not_depend_on_checkpointing():
     g = torch.Generator().manual_seed(3)
     ids, mask = _ids(30522, n=4, length=12, seed=3)
     batch = {"images": torch.rand(4, 3, 64, 32, generator=g) * 255, "text_ids": ids, "text_mask": mask,
-             "targets": torch.tensor([0, 0, 1, 3])}
+             "targets": torch.tensor([0, 0, 1, 3]), "seeds": torch.arange(4)}  # seeds: same semi-hard draws
     results = []
     for model in (plain, ckpt):
         model.train()
@@ -235,7 +235,7 @@ class _Text(nn.Module):
 
 
 class _Tokenizer:
-    special_ids, mask_id = [0, 1, 2, 3], 3
+    special_ids, mask_id, vocab_size = [0, 1, 2, 3], 3, 40
 
     @staticmethod
     def word_start_mask(ids):

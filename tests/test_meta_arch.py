@@ -1,11 +1,14 @@
 """UniPTPretrain and UniPTT2I: loss dicts, a few Adam steps lower the loss, inference features
 per TEST_SCORE with the inner-product property, the beta / gamma switches, real tiny encoders
-through fast-reid's build_model."""
+through fast-reid's build_model, construction from plain arguments, the MLM loss on the batch's
+masks, the semi-hard draws from the batch's seeds (no generator held)."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 from unipt_plugin.config import get_unipt_cfg
+from unipt_plugin.data.common import RANKING_SEED_STREAM, derive_seed, sample_seed
+from unipt_plugin.data.mlm_masking import IGNORE_INDEX, MLMMasking
 from unipt_plugin.modeling.meta_arch import UniPTPretrain, UniPTT2I
 
 from standins import StandInText, StandInVisual
@@ -33,7 +36,13 @@ def _cfg(**opts):
     return cfg
 
 
+def _masking(prob=0.3):
+    return MLMMasking(SPECIALS, VOCAB, 3, prob=prob, word_start_mask=StandInTokenizer.word_start_mask)
+
+
 def _batch(b=8, l=10, h=32, w=16, seed=0):
+    """A training batch as the loader's collator makes it: with the samples' seeds and the MLM
+    masks drawn from them (ids of the stand-in vocabulary)."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(4, VOCAB, (b, l), generator=g)
     mask = torch.ones(b, l, dtype=torch.long)
@@ -41,8 +50,11 @@ def _batch(b=8, l=10, h=32, w=16, seed=0):
     for i, n in enumerate(lengths.tolist()):
         ids[i, 0], ids[i, n - 1] = 1, 2
         ids[i, n:], mask[i, n:] = 0, 0
+    seeds = torch.tensor([sample_seed(seed, 0, p) for p in range(b)])
+    mlm_ids, mlm_labels = _masking()(ids, mask, seeds)
     return {"images": torch.rand(b, 3, h, w, generator=g) * 255, "text_ids": ids, "text_mask": mask,
-            "targets": torch.arange(b) // 2, "img_ids": torch.arange(b)}
+            "targets": torch.arange(b) // 2, "img_ids": torch.arange(b), "seeds": seeds,
+            "mlm_ids": mlm_ids, "mlm_labels": mlm_labels}
 
 
 def _pretrain(**opts):
@@ -90,9 +102,12 @@ def test_pretrain_mlm_weight_zero_drops_mlm_and_keeps_contrastive():
     l_on, l_off = on(batch), off(batch)
     assert set(l_off) == {"loss_con"}
     assert torch.allclose(l_on["loss_con"], l_off["loss_con"])
-    # beta scales the MLM term (same seed -> same masks)
+    # beta scales the MLM term (the masks come with the batch)
     half = _pretrain(**{"MODEL.PRETRAIN.MLM_WEIGHT": 0.5}).train()
     assert torch.allclose(half(batch)["loss_mlm"], 0.5 * l_on["loss_mlm"], atol=1e-6)
+    # without MLM the batch needs no masks
+    plain = {k: v for k, v in batch.items() if not k.startswith("mlm_")}
+    assert torch.equal(off(plain)["loss_con"], l_off["loss_con"])
 
 
 def test_pretrain_eval_features_and_learnable_temperature():
@@ -180,7 +195,7 @@ def test_real_tiny_encoders_through_build_model():
         assert model({"images": batch["images"]}).shape == (4, 64 + 3 * 32)
 
     class BertIds:
-        special_ids, mask_id = [0, 100, 101, 102, 103], 103
+        special_ids, mask_id, vocab_size = [0, 100, 101, 102, 103], 103, 30522
 
         @staticmethod
         def word_start_mask(ids):
@@ -229,43 +244,139 @@ def test_check_finite_losses_names_the_non_finite_terms():
             check_finite_losses(bad)
 
 
-# ---------------------------------------------------------------- random generators, gathering
-def test_generators_on_the_cpu_are_seeded_as_before_and_checkpointed():
-    from unipt_plugin.engine.rng import _module_generators
+# ---------------------------------------------------------------- construction, masks, generators
+def _no_generators(model):
+    return [f"{n}.{a}" for n, m in model.named_modules() for a, v in vars(m).items()
+            if isinstance(v, torch.Generator)]
 
+
+def test_models_hold_no_generator_and_no_tokenizer():
     pre, t2i = _pretrain(), _t2i()
-    for gen, offset in ((pre.mask_generator, 1), (t2i.rank_generator, 2)):
-        assert gen.device == torch.device("cpu")
-        # cfg.SEED (0) + offset + 1000 * rank (0): the state of a fresh CPU generator so seeded
-        assert torch.equal(gen.get_state(), torch.Generator().manual_seed(offset).get_state())
-    assert any(g is pre.mask_generator for g in _module_generators(pre).values())
-    assert any(g is t2i.rank_generator for g in _module_generators(t2i).values())
-    assert _pretrain(**{"SEED": -1}).mask_generator is None  # seed < 0: torch's global RNG
+    assert _no_generators(pre) == [] and _no_generators(t2i) == []
+    assert not any(isinstance(v, StandInTokenizer) for m in pre.modules() for v in vars(m).values())
 
 
-def test_mlm_masks_on_the_cpu_are_the_seeded_draws(monkeypatch):
-    from unipt_plugin.modeling.losses import mask_tokens
-    from unipt_plugin.modeling.meta_arch import unipt_pretrain
+def test_meta_architectures_from_plain_arguments():
+    torch.manual_seed(0)
+    visual, text = StandInVisual(), StandInText(VOCAB)
+    pre = UniPTPretrain(visual, text, 12, temperature=0.5, mlm_weight=0.5, tokenizer_vocab_size=VOCAB)
+    assert pre.visual is visual and pre.text is text
+    assert pre.image_proj.out_features == pre.text_proj.out_features == 12
+    assert pre.logit_scale() == pytest.approx(2.0) and pre.mlm_weight == 0.5
+    assert pre.mlm_head.decoder.out_features == VOCAB
+    batch = _batch()
+    pre.train()
+    assert set(pre(batch)) == {"loss_con", "loss_mlm"}
+    off = UniPTPretrain(StandInVisual(), StandInText(VOCAB), 12, mlm_weight=0.0)
+    assert off.mlm_head is None
 
-    seen = []
+    from unipt_plugin.modeling.pgu.pgu import PGU
 
-    def spy(*args, **kwargs):
-        out = mask_tokens(*args, **kwargs)
-        seen.append(out)
-        return out
+    pgu = PGU(16, 16, dim=16, num_prototypes=3, num_heads=2, ffn_dim=32, dropout=0.0, part_dim=8)
+    t2i = UniPTT2I(StandInVisual(), StandInText(VOCAB), pgu, 16, 4, rank_margin=0.3, test_score="pgu")
+    assert t2i.pgu is pgu and t2i.margin == 0.3 and t2i.classifier is not None
+    assert t2i.part_classifiers is not None
+    t2i.train()
+    assert set(t2i(batch)) == {"loss_id", "loss_rank", "loss_pgu_id", "loss_pgu_rank"}
+    t2i.eval()
+    with torch.no_grad():
+        assert t2i({"images": batch["images"]}).shape == (8, 24)
+    with pytest.raises(ValueError, match="PGU.ENABLED"):
+        UniPTT2I(StandInVisual(), StandInText(VOCAB), None, 16, 4)  # TEST_SCORE "sum" needs the PGU
+    # a config and an override of one argument: from_config's arguments, then the override
+    assert UniPTT2I(_cfg(), StandInVisual(), StandInText(VOCAB), rank_margin=0.7).margin == 0.7
 
-    monkeypatch.setattr(unipt_pretrain, "mask_tokens", spy)
+
+def test_pretrain_mlm_loss_is_the_head_on_the_batch_masks():
     model, batch = _pretrain().train(), _batch()
-    model(batch)
-    model(batch)
-    # independent: the same masking of the loader's CPU ids with a CPU generator seeded SEED + 1,
-    # whole-word starts from the tokenizer, two steps in a row
-    g = torch.Generator().manual_seed(1)
-    for masked, labels in seen:
-        exp = mask_tokens(batch["text_ids"], batch["text_mask"], SPECIALS, VOCAB, 3, prob=0.3,
-                          word_start_mask=StandInTokenizer.word_start_mask(batch["text_ids"]), generator=g)
-        assert torch.equal(masked, exp[0]) and torch.equal(labels, exp[1])
-    assert len(seen) == 2 and not torch.equal(seen[0][1], seen[1][1])
+    loss = model(batch)["loss_mlm"]
+    # independent: the text encoder on the batch's masked ids, the head on the predicted
+    # positions, cross-entropy against the labels
+    labels = batch["mlm_labels"]
+    picked = labels != IGNORE_INDEX
+    assert 5 < int(picked.sum()) < int(batch["text_mask"].sum())
+    tokens = model.text(batch["mlm_ids"], batch["text_mask"])
+    expected = F.cross_entropy(model.mlm_head(tokens[picked]), labels[picked])
+    assert torch.allclose(loss, expected, atol=1e-6)
+    # the model masks nothing itself: the same batch gives the same loss, other masks another
+    assert torch.equal(model(batch)["loss_mlm"], loss)
+    other = dict(batch)
+    other["mlm_ids"], other["mlm_labels"] = _masking()(batch["text_ids"], batch["text_mask"], batch["seeds"] + 1)
+    assert not torch.allclose(model(other)["loss_mlm"], loss)
+
+
+def test_pretrain_training_batch_without_masks_is_refused():
+    model, batch = _pretrain().train(), _batch()
+    for drop in (("mlm_ids",), ("mlm_labels",), ("mlm_ids", "mlm_labels")):
+        bad = {k: v for k, v in batch.items() if k not in drop}
+        with pytest.raises(KeyError, match=r"lacks \[.*'mlm_.*MODEL.PRETRAIN.MLM_WEIGHT = 1.0 > 0.*collator"):
+            model(bad)
+    bad = dict(batch, mlm_ids=batch["mlm_ids"][:, :-1])
+    with pytest.raises(ValueError, match="'mlm_ids'.*shape of 'text_mask'"):
+        model(bad)
+    model.eval()
+    with torch.no_grad():  # inference needs no masks
+        assert model({"text_ids": batch["text_ids"], "text_mask": batch["text_mask"]}).shape == (8, 16)
+
+
+def test_pretrain_refuses_a_tokenizer_of_another_vocabulary():
+    class Wider(StandInTokenizer):
+        vocab_size = VOCAB + 10
+
+    with pytest.raises(ValueError, match=r"tokenizer's vocabulary \(60 ids, INPUT.TEXT.TOKENIZER\) is not the text "
+                                         r"encoder's \(50 ids, MODEL.TEXT.NAME\)"):
+        UniPTPretrain(_cfg(), StandInVisual(), StandInText(VOCAB), Wider())
+    # without MLM the vocabularies need not match
+    UniPTPretrain(_cfg(**{"MODEL.PRETRAIN.MLM_WEIGHT": 0.0}), StandInVisual(), StandInText(VOCAB), Wider())
+    # from the config: the CLIP tokenizer (49408 ids) with the small BERT (30522)
+    cfg = get_unipt_cfg()
+    cfg.merge_from_file("configs/Tiny/pretrain.yml")
+    cfg.INPUT.TEXT.TOKENIZER = "clip"
+    with pytest.raises(ValueError, match=r"\(49408 ids, INPUT.TEXT.TOKENIZER\).*\(30522 ids, MODEL.TEXT.NAME\)"):
+        UniPTPretrain(cfg, visual=StandInVisual())
+
+
+class _DrawSpy:
+    """Records the generator of every semi-hard draw of the ranking losses."""
+
+    def __init__(self, monkeypatch):
+        from unipt_plugin.modeling.losses import ranking
+
+        self.generators = []
+        real = ranking._draw_semi_hard
+
+        def spy(semi, sim, generator):
+            self.generators.append(generator)
+            return real(semi, sim, generator)
+
+        monkeypatch.setattr(ranking, "_draw_semi_hard", spy)
+
+
+def test_t2i_semi_hard_draws_come_from_the_batch_seeds(monkeypatch):
+    spy = _DrawSpy(monkeypatch)
+    model, batch = _t2i().train(), _batch()
+    torch.manual_seed(1)
+    first = model(batch)
+    # two ranking losses x two directions, one generator for the step, seeded from the first
+    # sample's seed (its ranking stream), on the model's device
+    assert len(spy.generators) == 4 and all(g is spy.generators[0] for g in spy.generators)
+    g = spy.generators[0]
+    assert g.initial_seed() == derive_seed(int(batch["seeds"][0]), RANKING_SEED_STREAM) and g.device.type == "cpu"
+    # a function of the seeds only: the same batch again gives bit-identical losses (no state
+    # carried from step to step), whatever the global RNG
+    torch.manual_seed(2)
+    again = model(batch)
+    assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
+    assert spy.generators[4] is not g and spy.generators[4].initial_seed() == g.initial_seed()
+    # a micro-batch of gradient accumulation (rows k::K) seeds from its own first sample
+    from unipt_plugin.engine.train_loop import split_batch
+
+    part = split_batch(batch, 2)[1]
+    model(part)
+    assert spy.generators[-1].initial_seed() == derive_seed(int(batch["seeds"][1]), RANKING_SEED_STREAM)
+    # a batch without seeds draws from torch's global RNG
+    model({k: v for k, v in batch.items() if k != "seeds"})
+    assert spy.generators[-1] is None
 
 
 def test_model_device_names():
@@ -282,16 +393,16 @@ def test_model_device_names():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_generators_on_cuda_and_a_training_step_there():
-    from unipt_plugin.engine.rng import _module_generators
-
+def test_training_steps_on_cuda_draw_on_the_model_device(monkeypatch):
+    spy = _DrawSpy(monkeypatch)
     for build in (_pretrain, _t2i):
         model = build(**{"MODEL.DEVICE": "cuda"}).cuda().train()
-        gens = list(_module_generators(model).values())
-        assert len(gens) == 1 and gens[0].device == torch.device("cuda", torch.cuda.current_device())
+        assert _no_generators(model) == []
         losses = model(_batch())
         sum(losses.values()).backward()
         assert all(torch.isfinite(v) for v in losses.values())
+    current = torch.device("cuda", torch.cuda.current_device())
+    assert spy.generators and all(g.device == current for g in spy.generators)
 
 
 def test_t2i_gathering_in_one_process_is_the_local_loss():

@@ -113,6 +113,10 @@ def test_uint8_batches_give_exactly_the_float_features_and_losses(kind):
     losses = {}
     for name, images in (("uint8", new), ("float", old)):
         batch = {"images": images, **text, "targets": torch.arange(8) // 2, "img_ids": torch.arange(8)}
+        if kind == "pretrain":  # the MLM masks the training collator adds
+            from unipt_plugin.data.mlm_masking import build_mlm_masking
+            batch["mlm_ids"], batch["mlm_labels"] = build_mlm_masking(cfg, build_tokenizer(cfg))(
+                batch["text_ids"], batch["text_mask"], torch.arange(8))
         gens = [g for g in (getattr(model, "rank_generator", None), getattr(model, "mask_generator", None)) if g]
         states = [g.get_state() for g in gens]
         torch.manual_seed(5)  # dropout draws

@@ -5,7 +5,13 @@ items of every dataset in cfg.DATASETS.NAMES (pids and image ids offset so that 
 distinct across datasets), batches of SOLVER.IMS_PER_BATCH // world_size:
 
     {"images": uint8 (B,3,H,W) 0-255, "text_ids": long (B,L), "text_mask": long (B,L),
-     "targets": long (B,) 0..C-1, "img_ids": long (B,)}
+     "targets": long (B,) 0..C-1, "img_ids": long (B,), "seeds": long (B,)}
+
+"seeds" are the samples' own seeds (``sample_seed(run seed, rank, stream position)``, on the
+CPU). Pre-training with MLM (MODEL.META_ARCHITECTURE UniPTPretrain, MODEL.PRETRAIN.MLM_WEIGHT
+> 0) adds {"mlm_ids": long (B,L) the masked ids, "mlm_labels": long (B,L) the original id at
+predicted positions, -100 elsewhere}: each caption masked on its own from its sample's seed
+(``unipt_plugin.data.mlm_masking``).
 
 ``build_t2i_test_loader(cfg, name) -> (loader, num_query)``: text batches {"text_ids" long
 (B,L), "text_mask" long (B,L), "targets" long (B,)} for every query caption, then image batches
@@ -22,9 +28,9 @@ for a meta-architecture that pools over padding (``tokenizer.check_padding``).
 
 Plain torch DataLoaders (fast-reid's ``DataLoaderX`` needs CUDA): pin_memory only when CUDA is
 available; workers are seeded from cfg.SEED (when >= 0) and the rank. Training batches come from
-a ``ResumableBatchSampler``: each sample's augmentation is drawn from its own seed (run seed,
-rank, stream position), so batches do not depend on the number of workers, and ``--resume``
-can start the stream at any batch (docs/determinism.md).
+a ``ResumableBatchSampler``: each sample's augmentation and MLM mask are drawn from its own
+seed (run seed, rank, stream position), so batches do not depend on the number of workers, and
+``--resume`` can start the stream at any batch (docs/determinism.md).
 
 Test loaders keep their worker processes between passes (persistent_workers when
 DATALOADER.NUM_WORKERS > 0), and for a frozen cfg (a run's) the built test loader is cached per
@@ -35,7 +41,6 @@ re-spawning the workers.
 from __future__ import annotations
 
 import logging
-import random
 from typing import Any
 
 import numpy as np
@@ -43,12 +48,14 @@ import torch
 from fastreid.data import samplers
 from fastreid.data.datasets import DATASET_REGISTRY
 from fastreid.utils import comm
+from fastreid.utils.env import seed_all_rng
 from torch.utils.data import DataLoader
 
 from .common import (IdentityView, ModalityBatchSampler, ResumableBatchSampler, T2ITestSet, T2ITrainSet,
                      TestCollator, TrainCollator)
 from .serialize import PackedItems
 from .datasets.base import TextImageDataset
+from .mlm_masking import build_mlm_masking
 from .tokenizer import build_tokenizer
 from .transforms import build_image_transform
 
@@ -76,10 +83,9 @@ def build_dataset(cfg: Any, name: str) -> TextImageDataset:
 
 
 def seed_worker(worker_id: int) -> None:
-    """worker_init_fn: seed numpy and ``random`` from the worker's torch seed (base seed + worker id)."""
-    seed = torch.initial_seed() % 2 ** 32
-    np.random.seed(seed)
-    random.seed(seed)
+    """worker_init_fn: fast-reid's ``seed_all_rng`` (torch, numpy, ``random``) from the worker's
+    torch seed (the loader's base seed + worker id)."""
+    seed_all_rng(torch.initial_seed() % 2 ** 32)
 
 
 def _loader_generator(cfg: Any, offset: int) -> torch.Generator | None:
@@ -134,12 +140,13 @@ def build_t2i_train_loader(cfg: Any) -> DataLoader:
     else:
         raise ValueError(f"DATALOADER.SAMPLER_TRAIN = {name!r}: expected one of {list(_SAMPLERS)}")
     batch_sampler = ResumableBatchSampler(sampler, mini_batch, seed=seed, rank=comm.get_rank())
+    tokenizer = build_tokenizer(cfg)
 
     return DataLoader(
         train_set,
         batch_sampler=batch_sampler,
         num_workers=int(cfg.DATALOADER.NUM_WORKERS),
-        collate_fn=TrainCollator(build_tokenizer(cfg)),
+        collate_fn=TrainCollator(tokenizer, mlm=build_mlm_masking(cfg, tokenizer)),
         pin_memory=torch.cuda.is_available(),
         worker_init_fn=seed_worker,
         generator=_loader_generator(cfg, 0),

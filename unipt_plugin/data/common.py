@@ -6,15 +6,18 @@ transformed in ``__getitem__``; captions are tokenised per batch in the collate 
 
 Training randomness is a function of the sample's position in the training stream, not of the
 process that loads it: ``ResumableBatchSampler`` hands every index out with a seed derived from
-(run seed, rank, position), and ``T2ITrainSet`` draws that sample's augmentation from it. So the
-batches are the same for any DATALOADER.NUM_WORKERS, and a resumed run can start the stream at
-any batch and see exactly what an uninterrupted run would have seen.
+(run seed, rank, position), ``T2ITrainSet`` draws that sample's augmentation from it, and
+``TrainCollator`` draws the sample's MLM mask from a sub-seed of it (:func:`derive_seed`) and
+hands the seeds on to the model (``batch["seeds"]``, from which ``UniPTT2I`` seeds its
+semi-hard negative draws). So the batches are the same for any DATALOADER.NUM_WORKERS, and a
+resumed run can start the stream at any batch and see exactly what an uninterrupted run would
+have seen, with no generator state to save.
 """
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import Dataset, Sampler
@@ -23,8 +26,24 @@ from .serialize import GALLERY_ITEM, QUERY_ITEM, TRAIN_ITEM, PackedItems
 from .tokenizer import TextTokenizer
 from .transforms import read_image
 
+if TYPE_CHECKING:
+    from .mlm_masking import MLMMasking
+
 __all__ = ["T2ITrainSet", "T2ITestSet", "IdentityView", "TrainCollator", "TestCollator", "ModalityBatchSampler",
-           "ResumableBatchSampler", "sample_seed"]
+           "ResumableBatchSampler", "sample_seed", "derive_seed", "AUGMENT_SEED_STREAM",
+           "MLM_SEED_STREAM", "RANKING_SEED_STREAM"]
+
+# Streams of derive_seed(sample seed, stream): every random use of a training sample's seed gets
+# its own stream (torch's CPU generator keeps only the low 32 bits of a seed, which for the raw
+# sample seed are the stream position alone: the run seed and the rank sit above bit 31).
+# Image augmentation of the sample (T2ITrainSet: flip, crop, erasing, ...).
+AUGMENT_SEED_STREAM = 3
+# MLM masking of the sample's caption (TrainCollator, unipt_plugin.data.mlm_masking).
+MLM_SEED_STREAM = 1
+# Semi-hard negative draws of UniPTT2I's ranking losses (from the seed of a batch's first sample).
+RANKING_SEED_STREAM = 2
+
+_MASK64 = 2 ** 64 - 1
 
 
 def _packed(items: Sequence[tuple], kinds: tuple[str, ...], what: str) -> PackedItems:
@@ -54,9 +73,10 @@ class T2ITrainSet(Dataset):
     """Training items ``(img_path, caption, pid, image_id)`` -> dicts for ``TrainCollator``.
 
     Indexed by ``index`` or by ``(index, seed)`` (what ``ResumableBatchSampler`` yields): with a
-    seed, the image transform's random draws (the horizontal flip) come from torch's RNG seeded
-    with it, inside ``torch.random.fork_rng`` so that the process's own RNG is left untouched
-    (only the CPU generator is seeded; CUDA generators are never touched).
+    seed, the image transform's random draws (flip, crop, erasing, ...) come from torch's RNG seeded
+    with ``derive_seed(seed, AUGMENT_SEED_STREAM)``, inside ``torch.random.fork_rng`` so that the process's own RNG is left untouched
+    (only the CPU generator is seeded; CUDA generators are never touched), and the item carries
+    it as "seed" (``TrainCollator`` draws the MLM mask from it and puts it in the batch).
 
     Attributes:
         num_classes: number of training identities C (pids are 0..C-1); fast-reid's trainer
@@ -84,9 +104,12 @@ class T2ITrainSet(Dataset):
             # with NUM_WORKERS = 0 this runs in the training process, whose GPU dropout masks
             # would then repeat per sample); fork_rng(devices=[]) restores the CPU state after.
             with torch.random.fork_rng(devices=[]):
-                torch.default_generator.manual_seed(seed)
+                torch.default_generator.manual_seed(derive_seed(seed, AUGMENT_SEED_STREAM))
                 image = self.transform(img)
-        return {"image": image, "caption": caption, "target": pid, "img_id": image_id}
+        item = {"image": image, "caption": caption, "target": pid, "img_id": image_id}
+        if seed is not None:
+            item["seed"] = int(seed)
+        return item
 
 
 class IdentityView(Sequence):
@@ -161,19 +184,44 @@ def _tokenize(tokenizer: TextTokenizer, captions: list[str]) -> dict[str, torch.
 
 class TrainCollator:
     """list of train dicts -> {"images" uint8 (B,3,H,W) 0-255, "text_ids" long (B,L), "text_mask" long (B,L),
-    "targets" long (B,), "img_ids" long (B,)}.
+    "targets" long (B,), "img_ids" long (B,), "seeds" long (B,)}, plus with ``mlm``
+    {"mlm_ids" long (B,L), "mlm_labels" long (B,L)}.
 
     Images are stacked as the transform made them (uint8 from ``build_image_transform``; the
-    model converts to float32 on its device); L per INPUT.TEXT.PADDING (see ``_tokenize``)."""
+    model converts to float32 on its device); L per INPUT.TEXT.PADDING (see ``_tokenize``).
+    "seeds" are the samples' own seeds (``sample_seed``; present when the items carry a "seed",
+    i.e. when the dataset was indexed with ``(index, seed)`` as ``ResumableBatchSampler`` does);
+    they stay on the CPU (the model reads ``seeds[0]`` without a device synchronisation).
 
-    def __init__(self, tokenizer: TextTokenizer) -> None:
+    Args:
+        tokenizer: the caption tokenizer.
+        mlm: the MLM masking (``unipt_plugin.data.mlm_masking.MLMMasking``; pre-training with
+            MODEL.PRETRAIN.MLM_WEIGHT > 0) or None: "mlm_ids" are the masked ids and
+            "mlm_labels" the original id at predicted positions, -100 elsewhere, each caption
+            masked from its own sample's seed.
+    """
+
+    def __init__(self, tokenizer: TextTokenizer, mlm: MLMMasking | None = None) -> None:
         self.tokenizer = tokenizer
+        self.mlm = mlm
 
     def __call__(self, batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         out = {"images": torch.stack([b["image"] for b in batch])}
         out.update(_tokenize(self.tokenizer, [b["caption"] for b in batch]))
         out["targets"] = torch.tensor([b["target"] for b in batch], dtype=torch.long)
         out["img_ids"] = torch.tensor([b["img_id"] for b in batch], dtype=torch.long)
+        has_seed = ["seed" in b for b in batch]
+        if all(has_seed):
+            out["seeds"] = torch.tensor([b["seed"] for b in batch], dtype=torch.long)
+        elif any(has_seed):
+            raise ValueError("a training batch mixes items with and without a 'seed': index T2ITrainSet with "
+                             "(index, seed) pairs for every item, as ResumableBatchSampler does")
+        if self.mlm is not None:
+            if "seeds" not in out:
+                raise ValueError("MLM masking (MODEL.PRETRAIN.MLM_WEIGHT > 0) draws each caption's mask from its "
+                                 "sample's seed, but the training items carry no 'seed': index T2ITrainSet with "
+                                 "(index, seed) pairs, as ResumableBatchSampler does")
+            out["mlm_ids"], out["mlm_labels"] = self.mlm(out["text_ids"], out["text_mask"], out["seeds"])
         return out
 
 
@@ -247,6 +295,21 @@ def sample_seed(seed: int, rank: int, position: int) -> int:
     training stream of process ``rank``) of a run seeded with ``seed``: distinct for distinct
     (seed, rank, position) with seed < 2**20, rank < 2**12, position < 2**31."""
     return ((int(seed) % 2 ** 20) << 43) | ((int(rank) % 2 ** 12) << 31) | (int(position) % 2 ** 31)
+
+
+def derive_seed(seed: int, stream: int) -> int:
+    """A sub-seed in [0, 2**64) of ``seed`` for the random draws of ``stream`` (MLM_SEED_STREAM,
+    RANKING_SEED_STREAM): the first output of the SplitMix64 generator started at
+    ``seed + stream * 0x9E3779B97F4A7C15`` (mod 2**64), i.e. SplitMix64's finaliser of
+    ``seed + (stream + 1) * 0x9E3779B97F4A7C15``.
+
+    The finaliser mixes every bit of the seed into every bit of the result. That matters for
+    torch's CPU generator, whose ``manual_seed`` keeps only the low 32 bits: the sub-seed's low
+    bits depend on the run seed, rank and position that ``sample_seed`` packs into 63 bits."""
+    z = (int(seed) + (int(stream) + 1) * 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
 
 
 class ResumableBatchSampler(Sampler):

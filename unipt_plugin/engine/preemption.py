@@ -104,7 +104,7 @@ class PreemptionHook(HookBase):
     def _stop(self, iteration: int) -> None:
         """Save the pre-emption checkpoint for ``iteration`` (the last one done) and raise."""
         trainer = self.trainer
-        states = comm.all_gather(capture_rng_state(trainer.model))
+        states = comm.all_gather(capture_rng_state())
         if comm.is_main_process():
             self._checkpointer.rng_states = states
             self._checkpointer.save(PREEMPTED_CHECKPOINT, epoch=trainer.epoch, iteration=iteration)

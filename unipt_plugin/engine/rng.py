@@ -1,10 +1,11 @@
 """Random-number-generator state of a training process, for checkpoints that resume exactly.
 
 A run's random draws come from: torch's global CPU (and CUDA) generator (dropout, drop-path,
-initialisation), numpy's and Python's global generators, and ``torch.Generator`` objects that
-modules own (the MLM masking and the semi-hard negative draws of the meta-architectures). The
-data stream is not here: it is a function of the run's seed and the iteration
-(``ResumableBatchSampler``).
+initialisation), and numpy's and Python's global generators. Nothing else needs saving: the data
+stream, the image augmentation and the MLM masks are functions of the run's seed and the stream
+position (``ResumableBatchSampler``, ``T2ITrainSet``, ``TrainCollator``), and the semi-hard
+negative draws of ``UniPTT2I`` come from a generator made for each step from the batch's
+sample seeds. The models hold no generator.
 
 :func:`capture_rng_state` returns plain containers of tensors and numbers, so that the state
 goes into a checkpoint that ``torch.load(weights_only=True)`` reads back.
@@ -17,28 +18,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 __all__ = ["capture_rng_state", "restore_rng_state"]
 
 logger = logging.getLogger(__name__)
 
 
-def _module_generators(model: nn.Module) -> dict[str, torch.Generator]:
-    """Every ``torch.Generator`` held as an attribute of a submodule, keyed ``module.path:attr``
-    (DistributedDataParallel's ``module.`` prefix removed, so keys do not depend on the wrapper)."""
-    found = {}
-    for name, module in model.named_modules():
-        if name == "module" or name.startswith("module."):
-            name = name[len("module."):]
-        for attr, value in vars(module).items():
-            if isinstance(value, torch.Generator):
-                found[f"{name}:{attr}"] = value
-    return found
-
-
-def capture_rng_state(model: nn.Module) -> dict[str, Any]:
-    """The state of every generator a training step of ``model`` draws from."""
+def capture_rng_state() -> dict[str, Any]:
+    """The state of every global generator a training step of this process draws from."""
     _, keys, pos, has_gauss, cached = np.random.get_state()
     version, internal, gauss = random.getstate()
     return {
@@ -49,13 +36,14 @@ def capture_rng_state(model: nn.Module) -> dict[str, Any]:
         "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
         "python": {"version": int(version), "internal": list(internal), "gauss": gauss},
-        "generators": {k: g.get_state() for k, g in _module_generators(model).items()},
     }
 
 
-def restore_rng_state(state: dict[str, Any], model: nn.Module) -> None:
-    """Put back what :func:`capture_rng_state` returned. A generator of the model missing from
-    ``state`` (a checkpoint of another configuration) keeps its state, with a warning."""
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Put back what :func:`capture_rng_state` returned.
+
+    A "generators" entry (the models' own generators, saved by earlier versions of the plugin)
+    is ignored, with an info log: those draws now come from the samples' seeds."""
     torch.set_rng_state(state["torch"])
     if state.get("cuda"):
         if torch.cuda.is_available():
@@ -67,9 +55,8 @@ def restore_rng_state(state: dict[str, Any], model: nn.Module) -> None:
                          n["cached_gaussian"]))
     p = state["python"]
     random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
-    saved = state.get("generators", {})
-    for key, generator in _module_generators(model).items():
-        if key in saved:
-            generator.set_state(saved[key])
-        else:
-            logger.warning("checkpoint has no state for the generator %s: it continues from its seed", key)
+    old = state.get("generators")
+    if old:
+        logger.info("checkpoint's RNG state holds the states of model generators (%s) of an earlier version: "
+                    "ignored (the MLM masks and semi-hard negative draws now come from the samples' seeds)",
+                    ", ".join(sorted(old)))

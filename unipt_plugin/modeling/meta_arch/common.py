@@ -1,5 +1,5 @@
-"""Pieces both meta-architectures share: image normalisation, device moves, pooling, seeds,
-the finite-loss check."""
+"""Pieces both meta-architectures share: image normalisation, device moves, pooling, the
+per-step generator from the batch's seeds, the finite-loss check."""
 from __future__ import annotations
 
 import logging
@@ -9,10 +9,11 @@ import torch
 from fastreid.utils.events import get_event_storage
 from torch import nn
 
-from ..losses import distributed_world
+from ...data.common import derive_seed
+
 
 __all__ = ["ImageNormalizer", "NonFiniteLossError", "check_finite_losses", "compile_encoders", "masked_max_pool",
-           "model_device", "seeded_generator", "to_device"]
+           "model_device", "seeds_generator", "to_device"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,26 +67,26 @@ def model_device(name: str | torch.device | None) -> torch.device:
     if device.type != "cuda":
         return device
     if not torch.cuda.is_available():
-        logger.warning("MODEL.DEVICE %s but CUDA is not usable: the model's random generators are made on the CPU",
-                       text)
+        logger.warning("MODEL.DEVICE %s but CUDA is not usable: using the CPU", text)
         return torch.device("cpu")
     return torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
 
 
-def seeded_generator(seed: int, offset: int = 0,
-                     device: str | torch.device | None = None) -> torch.Generator | None:
-    """A generator seeded with seed + offset + 1000 * rank (distinct per process), or None
-    (torch's global RNG) when seed < 0.
+def seeds_generator(seeds: torch.Tensor | None, stream: int, device: torch.device) -> torch.Generator | None:
+    """A generator on ``device`` for one training step, seeded ``derive_seed(seeds[0], stream)``
+    from the batch's "seeds" (long (B,), the samples' own seeds, on the CPU: reading one makes
+    no device synchronisation); None (torch's global RNG, which the checkpoints hold) when the
+    batch has no seeds.
 
-    It lives on ``model_device(device)`` (cfg.MODEL.DEVICE: the CPU by default and for "cpu",
-    exactly as before; the current CUDA device for "cuda"), so that draws for a model on a GPU
-    are made there, with no host-to-device copy. Held as a module attribute, it is found and
-    checkpointed by ``unipt_plugin.engine.rng``; moving the model with ``.to()`` does not move
-    it (the draws are then copied to the model's device)."""
-    if seed < 0:
+    The seed of the batch's first sample identifies the batch (run seed, rank, stream position;
+    a micro-batch k of gradient accumulation starts at sample k), so the draws need no state of
+    their own to resume exactly. (Under DistributedDataParallel with ``device_ids``, DDP copies
+    every tensor of the batch, "seeds" too, to the GPU before the forward; reading ``seeds[0]``
+    then waits for that copy.)"""
+    if seeds is None or seeds.numel() == 0:
         return None
-    rank = distributed_world()[0]
-    return torch.Generator(device=model_device(device)).manual_seed(int(seed) + int(offset) + 1000 * rank)
+    first = int(seeds.reshape(-1)[0])
+    return torch.Generator(device=device).manual_seed(derive_seed(first, stream))
 
 
 def compile_encoders(model: nn.Module, enabled: bool) -> None:

@@ -1,4 +1,4 @@
-"""``UniPTT2I``: supervised text-to-image fine-tuning (paper section 4.2; method-notes 3).
+"""``UniPTT2I``: supervised text-to-image fine-tuning (paper section 4.2; docs/choices.md, Fine-tuning).
 
 Global embedding per modality: per-token Linear(C, T2I.EMBED_DIM) then max-pooling (or the
 first token, T2I.POOL = "cls"). PGU (MODEL.PGU.*) gives part features. Losses:
@@ -15,19 +15,22 @@ parameter gets a gradient at every step and multi-process training (DDP, ``stati
 from __future__ import annotations
 
 import logging
-from typing import Mapping
+from collections.abc import Sequence
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
+from fastreid.config import configurable
 from fastreid.modeling.backbones import build_backbone
 from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
 from torch import nn
 
+from ...data.common import RANKING_SEED_STREAM
 from ..losses import (PartClassifiers, SharedClassifier, identity_loss, part_identity_loss,
                       ranking_loss)
 from ..pgu import PGU
 from ..text_encoders import build_text_encoder
-from .common import (ImageNormalizer, check_finite_losses, compile_encoders, masked_max_pool, seeded_generator,
+from .common import (ImageNormalizer, check_finite_losses, compile_encoders, masked_max_pool, seeds_generator,
                      to_device)
 
 logger = logging.getLogger(__name__)
@@ -38,15 +41,43 @@ _POOLS = ("max", "cls")
 _TEST_SCORES = ("global", "pgu", "sum")
 
 
+def _check_options(pool: str, test_score: str, pgu_enabled: bool) -> None:
+    if pool not in _POOLS:
+        raise ValueError(f"MODEL.T2I.POOL must be one of {_POOLS}, got {pool!r}")
+    if test_score not in _TEST_SCORES:
+        raise ValueError(f"MODEL.T2I.TEST_SCORE must be one of {_TEST_SCORES}, got {test_score!r}")
+    if not pgu_enabled and test_score != "global":
+        raise ValueError(f"MODEL.T2I.TEST_SCORE={test_score!r} needs the PGU, but MODEL.PGU.ENABLED "
+                         f"is False: set TEST_SCORE to 'global' or enable the PGU")
+
+
 @META_ARCH_REGISTRY.register()
 class UniPTT2I(nn.Module):
     """ID + ranking + PGU fine-tuning of ``visual`` and ``text`` encoders.
 
+    Built from a config (``UniPTT2I(cfg)``, what fast-reid's ``build_model`` does; see
+    :meth:`from_config`) or from plain arguments (fast-reid's ``@configurable``):
+
     Args:
-        cfg: the run's config (MODEL.T2I.*, MODEL.PGU.*, MODEL.HEADS.NUM_CLASSES, SEED).
-        visual, text: encoders to use instead of building them from cfg.
+        visual: image encoder, (B, 3, H, W) normalised -> tokens (B, 1 + N, C_v), attribute ``out_dim``.
+        text: text encoder, (ids (B, L), mask (B, L)) -> tokens (B, L, C_t), attribute ``out_dim``.
+        pgu: the PGU module (``unipt_plugin.modeling.pgu.PGU`` over C_v / C_t tokens; attributes
+            ``num_prototypes``, ``part_dim``), or None for MODEL.PGU.ENABLED False.
+        embed_dim: MODEL.T2I.EMBED_DIM. num_classes: MODEL.HEADS.NUM_CLASSES (0: inference only).
+        pixel_mean, pixel_std: MODEL.PIXEL_MEAN / PIXEL_STD (0-255 scale).
+        pool, pool_mask_padding, rank_margin, hardest_fallback, id_weight, rank_weight,
+            pgu_weight, test_score, gather_negatives, classifier_std: MODEL.T2I.{POOL,
+            POOL_MASK_PADDING, RANK_MARGIN, RANK_HARDEST_FALLBACK, ID_WEIGHT, RANK_WEIGHT,
+            PGU_WEIGHT, TEST_SCORE, GATHER_NEGATIVES, CLASSIFIER_STD}.
+        torch_compile: MODEL.COMPILE (see ``compile_encoders``).
     Train: ``forward(batch)`` -> {"loss_id", "loss_rank", "loss_pgu_id", "loss_pgu_rank"}
         (a term whose weight is 0 is left out).
+        The semi-hard negatives of both ranking losses are drawn from a generator made for the
+        step on the model's device and seeded from the batch's "seeds" (the samples' seeds that
+        the training collator adds; ``seeds_generator``, stream RANKING_SEED_STREAM): a
+        function of the run seed, rank and stream position, so the model holds no generator
+        and a resumed run draws what an uninterrupted one would. A batch without "seeds"
+        draws from torch's global RNG.
         Multi-process (a process group of W > 1 and MODEL.T2I.GATHER_NEGATIVES): both ranking
         losses rank this process's N anchors against the W * N candidates of every process
         (embeddings gathered with gradients, identities too), and, being SUMS over anchors, are
@@ -59,39 +90,39 @@ class UniPTT2I(nn.Module):
         P * PART_DIM or their sum for TEST_SCORE global / pgu / sum.
     """
 
-    def __init__(self, cfg, visual: nn.Module | None = None, text: nn.Module | None = None) -> None:
+    @configurable
+    def __init__(self, visual: nn.Module, text: nn.Module, pgu: nn.Module | None, embed_dim: int,
+                 num_classes: int, *, pixel_mean: Sequence[float] = (127.5, 127.5, 127.5),
+                 pixel_std: Sequence[float] = (127.5, 127.5, 127.5), pool: str = "max",
+                 pool_mask_padding: bool = True, rank_margin: float = 0.2, hardest_fallback: bool = False,
+                 id_weight: float = 1.0, rank_weight: float = 1.0, pgu_weight: float = 1.0,
+                 test_score: str = "sum", gather_negatives: bool = True, classifier_std: float = 0.001,
+                 torch_compile: bool = False) -> None:
         super().__init__()
-        t = cfg.MODEL.T2I
-        if t.POOL not in _POOLS:
-            raise ValueError(f"MODEL.T2I.POOL must be one of {_POOLS}, got {t.POOL!r}")
-        if t.TEST_SCORE not in _TEST_SCORES:
-            raise ValueError(f"MODEL.T2I.TEST_SCORE must be one of {_TEST_SCORES}, got {t.TEST_SCORE!r}")
-        if not cfg.MODEL.PGU.ENABLED and t.TEST_SCORE != "global":
-            raise ValueError(f"MODEL.T2I.TEST_SCORE={t.TEST_SCORE!r} needs the PGU, but MODEL.PGU.ENABLED "
-                             f"is False: set TEST_SCORE to 'global' or enable the PGU")
-        num_classes = int(cfg.MODEL.HEADS.NUM_CLASSES)
-        self.visual = visual if visual is not None else build_backbone(cfg)
-        self.text = text if text is not None else build_text_encoder(cfg)
-        self.normalizer = ImageNormalizer(cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD)
-        self.image_proj = nn.Linear(self.visual.out_dim, t.EMBED_DIM)
-        self.text_proj = nn.Linear(self.text.out_dim, t.EMBED_DIM)
+        _check_options(pool, test_score, pgu is not None)
+        num_classes = int(num_classes)
+        self.visual = visual
+        self.text = text
+        self.normalizer = ImageNormalizer(pixel_mean, pixel_std)
+        self.image_proj = nn.Linear(self.visual.out_dim, embed_dim)
+        self.text_proj = nn.Linear(self.text.out_dim, embed_dim)
         # NUM_CLASSES = 0 builds an inference-only model (evaluation, search, export): the
         # identity classifiers exist only for training.
         self.num_classes = num_classes
-        self.classifier = SharedClassifier(t.EMBED_DIM, num_classes, t.CLASSIFIER_STD) if num_classes > 0 else None
-        if self.classifier is not None and float(t.ID_WEIGHT) == 0:
+        self.classifier = SharedClassifier(embed_dim, num_classes, classifier_std) if num_classes > 0 else None
+        if self.classifier is not None and float(id_weight) == 0:
             self.classifier.requires_grad_(False)  # ID_WEIGHT = 0: unused in training, frozen (see PGU below)
-        self.pool = t.POOL
-        self.pool_mask_padding = bool(t.POOL_MASK_PADDING)
-        self.margin = float(t.RANK_MARGIN)
-        self.hardest_fallback = bool(t.RANK_HARDEST_FALLBACK)
-        self.id_weight, self.rank_weight = float(t.ID_WEIGHT), float(t.RANK_WEIGHT)
-        self.pgu_weight = float(t.PGU_WEIGHT)
-        self.test_score = t.TEST_SCORE
-        if cfg.MODEL.PGU.ENABLED:
-            self.pgu = PGU.from_config(cfg, self.visual.out_dim, self.text.out_dim)
-            self.part_classifiers = (PartClassifiers(self.pgu.num_prototypes, self.pgu.part_dim,
-                                                     num_classes, t.CLASSIFIER_STD) if num_classes > 0 else None)
+        self.pool = pool
+        self.pool_mask_padding = bool(pool_mask_padding)
+        self.margin = float(rank_margin)
+        self.hardest_fallback = bool(hardest_fallback)
+        self.id_weight, self.rank_weight = float(id_weight), float(rank_weight)
+        self.pgu_weight = float(pgu_weight)
+        self.test_score = test_score
+        self.pgu = pgu
+        if pgu is not None:
+            self.part_classifiers = (PartClassifiers(pgu.num_prototypes, pgu.part_dim, num_classes, classifier_std)
+                                     if num_classes > 0 else None)
             if self.pgu_weight == 0:
                 # Not trained: frozen, so the optimiser and DistributedDataParallel leave it out
                 # (a parameter without gradient would stop DDP at its second iteration).
@@ -101,13 +132,30 @@ class UniPTT2I(nn.Module):
                 logger.info("MODEL.T2I.PGU_WEIGHT = 0: the PGU is built (TEST_SCORE=%s) but frozen, not trained",
                             self.test_score)
         else:
-            self.pgu = None
             self.part_classifiers = None
-        self.gather_negatives = bool(t.GATHER_NEGATIVES)
-        # Semi-hard negative draws: a generator on the model's device (cfg.MODEL.DEVICE; the CPU
-        # by default) seeded from cfg.SEED (and the rank).
-        self.rank_generator = seeded_generator(cfg.SEED, offset=2, device=cfg.MODEL.DEVICE)
-        compile_encoders(self, bool(cfg.MODEL.COMPILE))
+        self.gather_negatives = bool(gather_negatives)
+        compile_encoders(self, bool(torch_compile))
+
+    @classmethod
+    def from_config(cls, cfg, visual: nn.Module | None = None, text: nn.Module | None = None) -> dict[str, Any]:
+        """The arguments of ``__init__`` from cfg (MODEL.T2I.*, MODEL.PGU.*, MODEL.HEADS.NUM_CLASSES,
+        MODEL.PIXEL_MEAN/STD, MODEL.COMPILE). ``visual`` / ``text``: encoders to use instead of
+        building them from cfg (fast-reid's ``build_backbone``, ``build_text_encoder``); the PGU
+        is built from MODEL.PGU over their widths when MODEL.PGU.ENABLED."""
+        t = cfg.MODEL.T2I
+        _check_options(t.POOL, t.TEST_SCORE, bool(cfg.MODEL.PGU.ENABLED))  # before building the encoders
+        visual = visual if visual is not None else build_backbone(cfg)
+        text = text if text is not None else build_text_encoder(cfg)
+        pgu = PGU(cfg, image_dim=visual.out_dim, text_dim=text.out_dim) if cfg.MODEL.PGU.ENABLED else None
+        return {"visual": visual, "text": text, "pgu": pgu, "embed_dim": int(t.EMBED_DIM),
+                "num_classes": int(cfg.MODEL.HEADS.NUM_CLASSES),
+                "pixel_mean": list(cfg.MODEL.PIXEL_MEAN), "pixel_std": list(cfg.MODEL.PIXEL_STD),
+                "pool": str(t.POOL), "pool_mask_padding": bool(t.POOL_MASK_PADDING),
+                "rank_margin": float(t.RANK_MARGIN), "hardest_fallback": bool(t.RANK_HARDEST_FALLBACK),
+                "id_weight": float(t.ID_WEIGHT), "rank_weight": float(t.RANK_WEIGHT),
+                "pgu_weight": float(t.PGU_WEIGHT), "test_score": str(t.TEST_SCORE),
+                "gather_negatives": bool(t.GATHER_NEGATIVES), "classifier_std": float(t.CLASSIFIER_STD),
+                "torch_compile": bool(cfg.MODEL.COMPILE)}
 
     @property
     def device(self) -> torch.device:
@@ -148,6 +196,8 @@ class UniPTT2I(nn.Module):
                 raise KeyError(f"UniPTT2I training batch lacks '{key}' (has {sorted(batch)})")
         b = to_device(batch, dev, ("images", "text_ids", "text_mask", "targets"))
         targets, mask = b["targets"], b["text_mask"]
+        # the step's semi-hard draws (both ranking losses, in this order); "seeds" stay on the CPU
+        generator = seeds_generator(batch.get("seeds"), RANKING_SEED_STREAM, dev)
         img_tok = self.image_tokens(b["images"])
         txt_tok = self.text(b["text_ids"], mask)
         g_img = self._global(img_tok, self.image_proj, None)
@@ -157,7 +207,7 @@ class UniPTT2I(nn.Module):
             losses["loss_id"] = self.id_weight * identity_loss(self.classifier(g_img), self.classifier(g_txt), targets)
         if self.rank_weight:
             losses["loss_rank"] = self.rank_weight * ranking_loss(
-                g_img, g_txt, targets, self.margin, self.rank_generator, self.hardest_fallback,
+                g_img, g_txt, targets, self.margin, generator, self.hardest_fallback,
                 gather=self.gather_negatives)
         if self.pgu is not None and self.pgu_weight:
             parts_img, feat_img = self.pgu(img_tok, "image", None)
@@ -165,6 +215,6 @@ class UniPTT2I(nn.Module):
             losses["loss_pgu_id"] = self.pgu_weight * part_identity_loss(
                 self.part_classifiers(parts_img), self.part_classifiers(parts_txt), targets)
             losses["loss_pgu_rank"] = self.pgu_weight * ranking_loss(
-                feat_img, feat_txt, targets, self.margin, self.rank_generator, self.hardest_fallback,
+                feat_img, feat_txt, targets, self.margin, generator, self.hardest_fallback,
                 gather=self.gather_negatives)
         return check_finite_losses(losses)
