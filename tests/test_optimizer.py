@@ -53,10 +53,11 @@ def test_groups_by_prefix_and_decay():
 def test_decay_everything_and_zero_rates_fall_back_to_base_lr():
     model = Toy()
     opt, _ = build_unipt_optimizer(_cfg(SCHED="MultiStepLR", OPT="Adam", VISUAL_LR=0.0, TEXT_LR=0.0,
-                                        DECAY_NORM_AND_BIAS=True), model)
+                                        WEIGHT_DECAY_NORM=0.01, WEIGHT_DECAY_BIAS=0.01), model)
     assert type(opt) is torch.optim.Adam
     groups = _groups(opt, model)
-    assert set(groups) == {"visual", "text", "head"}
+    # weights keep their own group; norms, biases and scalars share one per part (same decay and lr)
+    assert set(groups) == {"visual", "visual_norm+bias", "text", "text_norm+bias", "head", "head_bias+scalar"}
     assert all(lr == 1e-4 and wd == 0.01 for lr, wd, _ in groups.values())
     assert "frozen.weight" not in sum((g[2] for g in groups.values()), [])
     with pytest.raises(ValueError, match="SOLVER.OPT"):

@@ -1,6 +1,7 @@
 """UniPTStepTrainer's pieces that the end-to-end runs cannot show on the CPU: micro-batch
 splitting, the optimiser seeing unscaled gradients under a GradScaler (what a fused optimiser
-with gradient clipping needs), and the test-time autocast choice."""
+with gradient clipping needs), the freeze window (SOLVER.FREEZE_ITERS) under a GradScaler, and
+the test-time autocast choice."""
 import pytest
 import torch
 from torch import nn
@@ -46,6 +47,42 @@ def test_the_optimiser_sees_unscaled_gradients_under_a_grad_scaler():
     trainer.forward_backward(data[0])
     trainer.optimizer_step()
     torch.testing.assert_close(opt.seen, torch.tensor([3.0, 5.0]))  # d(w . x)/dw = x, not scale * x
+
+
+class _Two(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Parameter(torch.tensor([1.0, -2.0]))
+        self.b = nn.Parameter(torch.tensor([0.5, 3.0]))
+
+    def forward(self, batch):
+        return {"loss": ((self.a + self.b) * batch["x"]).sum()}
+
+
+def test_the_freeze_window_follows_the_iteration_under_a_grad_scaler():
+    model = _Two()
+    opt = torch.optim.SGD([{"params": [model.a], "freeze_status": "freeze"},
+                           {"params": [model.b], "freeze_status": "normal"}], lr=0.1)
+    data = {"x": torch.tensor([[3.0, 5.0]])}
+    trainer = UniPTStepTrainer(model, [data], opt, device_type="cpu", amp=True, dtype=torch.float16, freeze_iters=2)
+    trainer.forward_backward(data)
+    with pytest.raises(RuntimeError, match="trainer.iter"):
+        trainer.optimizer_step()
+    opt.zero_grad(set_to_none=True)
+    for it, a, b in [(1, [1.0, -2.0], [0.2, 2.5]), (2, [0.7, -2.5], [-0.1, 2.0])]:  # SGD: p - 0.1 * x
+        trainer.iter = it  # iteration 1 is inside the window (< 2), iteration 2 is not
+        trainer.forward_backward(data)
+        trainer.optimizer_step()
+        torch.testing.assert_close(model.a.detach(), torch.tensor(a))
+        torch.testing.assert_close(model.b.detach(), torch.tensor(b))
+        assert model.a.grad is None and model.b.grad is None
+    # freeze_iters 0 (the default): flagged groups are stepped, no iteration needed
+    model = _Two()
+    opt = torch.optim.SGD([{"params": [model.a], "freeze_status": "freeze"}], lr=0.1)
+    trainer = UniPTStepTrainer(model, [data], opt, device_type="cpu")
+    trainer.forward_backward(data)
+    trainer.optimizer_step()
+    torch.testing.assert_close(model.a.detach(), torch.tensor([0.7, -2.5]))
 
 
 def test_test_autocast_follows_the_keys():

@@ -20,6 +20,7 @@ import unipt_plugin  # noqa: E402,F401  (compat shims + registration, before fas
 from unipt_plugin.engine import (PREEMPTED_EXIT_CODE, ConfigError, OutputDirInUse, Preempted,  # noqa: E402
                                  UniPTCheckpointer, UniPTTrainer, default_argument_parser, default_setup, launch,
                                  setup_cfg)
+from unipt_plugin.modeling.weight_loading import encoder_weights_skipped  # noqa: E402
 
 
 def setup(args):
@@ -32,9 +33,9 @@ def main(args):
     cfg = setup(args)
 
     if args.eval_only:
-        cfg.defrost()
-        cfg.MODEL.BACKBONE.PRETRAIN = False
-        model = UniPTTrainer.build_model(cfg)
+        # Every parameter comes from MODEL.WEIGHTS: the encoders' own weight files are not read.
+        with encoder_weights_skipped():
+            model = UniPTTrainer.build_model(cfg)
         UniPTCheckpointer(model).load(cfg.MODEL.WEIGHTS)
         return UniPTTrainer.test(cfg, model)
 

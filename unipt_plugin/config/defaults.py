@@ -3,7 +3,7 @@
 ``add_unipt_config(cfg)`` follows detectron2/fast-reid projects: it extends fast-reid's
 ``get_cfg()`` node in place. Keys fast-reid already has keep their meaning; the defaults of a
 few of them are changed here to the paper's (input size 384x128, flip on, mean = std = 0.5).
-Every key is documented on the line above it; ``docs/config.md`` explains the choices the
+Every key is documented on the line above it; ``docs/choices.md`` explains the choices the
 paper leaves open.
 """
 from __future__ import annotations
@@ -39,6 +39,9 @@ def add_unipt_config(cfg: CN) -> CN:
     _C.INPUT.FLIP.PROB = 0.5
     # Resize interpolation: "bicubic" (authors' pre-training) or "bilinear".
     _C.INPUT.INTERPOLATION = "bicubic"
+    # fast-reid's colour jitter (INPUT.CJ) changes the colours the captions describe ("a red coat"):
+    # INPUT.CJ.ENABLED True is refused unless this is True (then applied, with a logged warning).
+    _C.INPUT.CJ.WITH_TEXT = False
     # Loader worker processes (fast-reid's default of 8 is too many for small machines).
     _C.DATALOADER.NUM_WORKERS = 2
     # fast-reid's PreciseBN hook needs BN layers; transformers have none.
@@ -202,8 +205,20 @@ def add_unipt_config(cfg: CN) -> CN:
     # Adam/AdamW betas and eps (pre-training: (0.9, 0.98), 1e-8).
     _C.SOLVER.BETAS = [0.9, 0.999]
     _C.SOLVER.EPS = 1e-8
-    # Apply weight decay to biases and norm parameters too (paper pre-training: no).
-    _C.SOLVER.DECAY_NORM_AND_BIAS = False
+    # fast-reid's weight decay of normalisation-layer weights (LayerNorm, BatchNorm, GroupNorm, ...;
+    # their biases follow WEIGHT_DECAY_BIAS). Plugin default 0: none (paper pre-training).
+    _C.SOLVER.WEIGHT_DECAY_NORM = 0.0
+    # fast-reid's weight decay of biases (parameters named "bias" or "*_bias") and, in the plugin,
+    # of scalar (0-d) parameters such as the learnable temperature. Plugin default 0: none.
+    _C.SOLVER.WEIGHT_DECAY_BIAS = 0.0
+    # fast-reid's learning-rate multiplier of biases (not of scalars); 1 = none.
+    _C.SOLVER.BIAS_LR_FACTOR = 1.0
+    # fast-reid's learning-rate multiplier of the heads: here every parameter outside the visual
+    # and text encoders (projections, classifiers, PGU, MLM head, temperature), on BASE_LR; 1 = none.
+    _C.SOLVER.HEADS_LR_FACTOR = 1.0
+    # fast-reid's per-iteration warm-up of its per-epoch schedules (MultiStepLR, CosineAnnealingLR):
+    # none by default (fast-reid's 1000 suits its image-ReID recipes); refused with WarmupLinearLR.
+    _C.SOLVER.WARMUP_ITERS = 0
     # Fraction of all iterations used for linear warm-up when SOLVER.SCHED = "WarmupLinearLR".
     _C.SOLVER.WARMUP_RATIO = 0.1
     # Gradient accumulation: each optimiser step sums the gradients of ACCUM_STEPS micro-batches
@@ -211,6 +226,9 @@ def add_unipt_config(cfg: CN) -> CN:
     # negatives stay within each micro-batch, so one GPU with ACCUM_STEPS 8 reproduces 8 GPUs x 64
     # with per-GPU negatives (GATHER_NEGATIVES False, as the paper's pre-training configs).
     _C.SOLVER.ACCUM_STEPS = 1
+    # Iterations between the console / log.txt lines of iteration, losses and ETA (metrics.json and
+    # TensorBoard keep fast-reid's period of 200 iterations).
+    _C.SOLVER.LOG_PERIOD = 20
     # Pre-emption: on any of these signals the trainer finishes its iteration, saves
     # OUTPUT_DIR/model_preempted.pth (with RNG state and data-stream position) and exits with
     # code 75 (EX_TEMPFAIL); --resume continues from that iteration. SLURM warns with SIGUSR1.

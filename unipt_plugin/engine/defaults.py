@@ -8,9 +8,16 @@ from typing import Sequence
 import torch
 import yaml
 from fastreid.config import CfgNode
+from fastreid.engine import default_setup as fastreid_default_setup
+from fastreid.utils import comm
+from fastreid.utils.env import seed_all_rng
+from fastreid.utils.logger import setup_logger
 
 from ..config import get_unipt_cfg
+from ..config.inherited import inherited_key_errors
 from .output_lock import lock_output_dir
+from .preemption import parse_signals
+from .train_loop import amp_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -58,20 +65,15 @@ def _resolve_device(cfg: CfgNode) -> None:
 
 def check_engine_keys(cfg: CfgNode) -> None:
     """Refuse engine settings that cannot work, naming the key, the value and what to use."""
-    from .preemption import parse_signals
-    from .train_loop import amp_dtype
-
     try:
         amp_dtype(cfg.SOLVER.AMP.DTYPE)
         parse_signals(cfg.SOLVER.PREEMPT_SIGNALS)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if int(cfg.SOLVER.LOG_PERIOD) < 1:
+        raise ConfigError(f"SOLVER.LOG_PERIOD = {cfg.SOLVER.LOG_PERIOD}: must be >= 1 (iterations between console lines)")
     if int(cfg.SOLVER.ACCUM_STEPS) < 1:
         raise ConfigError(f"SOLVER.ACCUM_STEPS = {cfg.SOLVER.ACCUM_STEPS}: must be >= 1")
-    if cfg.TEST.FLIP.ENABLED:
-        raise ConfigError("TEST.FLIP.ENABLED True: flip-averaged test features are not supported for text-image "
-                          "retrieval (caption batches have no image to flip, and averaging two normalised "
-                          "features changes the 'sum' score); set TEST.FLIP.ENABLED False")
 
 
 def setup_cfg(config_file: str = "", opts: Sequence[str] = (), freeze: bool = True) -> CfgNode:
@@ -81,7 +83,9 @@ def setup_cfg(config_file: str = "", opts: Sequence[str] = (), freeze: bool = Tr
     * ``MODEL.DEVICE`` "cuda" (or "cuda:N") when CUDA is not usable is a :class:`ConfigError`
       naming torch's CUDA build and what to check; it never silently becomes a CPU run;
     * ``MODEL.DEVICE`` "auto" becomes "cuda" when CUDA is usable, else "cpu";
-    * ``SOLVER.AMP.ENABLED`` is switched off on the CPU.
+    * ``SOLVER.AMP.ENABLED`` is switched off on the CPU;
+    * a fast-reid key the plugin does not honour, set to a non-default value, is a
+      :class:`ConfigError` naming it and what to use instead (``config/inherited.py``).
 
     The decisions are kept and written to ``log.txt`` by :func:`default_setup` (the logger does
     not exist yet when the config is read).
@@ -100,6 +104,10 @@ def setup_cfg(config_file: str = "", opts: Sequence[str] = (), freeze: bool = Tr
             cfg.merge_from_list(list(opts))
         except (KeyError, ValueError, TypeError, AssertionError) as e:
             raise ConfigError(f"command-line override {list(opts)}: {e}") from e
+    errors = inherited_key_errors(cfg, get_unipt_cfg())
+    if errors:
+        where = f" in {config_file} or the overrides" if config_file else ""
+        raise ConfigError(f"{len(errors)} fast-reid key(s){where} cannot be used:\n  " + "\n  ".join(errors))
     _resolve_device(cfg)
     check_engine_keys(cfg)
     if freeze:
@@ -139,11 +147,6 @@ def default_setup(cfg: CfgNode, args) -> None:
     ``log.txt`` (with the device decisions of :func:`setup_cfg`), every generator seeded with
     ``cfg.SEED`` (offset by the process rank) when it is >= 0 (fast-reid seeds randomly), TF32
     on CUDA per ``cfg.TF32``, and deterministic kernels when ``cfg.DETERMINISTIC``."""
-    from fastreid.engine import default_setup as fastreid_default_setup
-    from fastreid.utils import comm
-    from fastreid.utils.env import seed_all_rng
-    from fastreid.utils.logger import setup_logger
-
     if comm.is_main_process() and cfg.OUTPUT_DIR:
         lock_output_dir(cfg.OUTPUT_DIR)  # before anything is written there
     fastreid_default_setup(cfg, args)

@@ -44,7 +44,7 @@ class RNGStateHook(HookBase):
         self._checkpointer = checkpointer
 
     def after_epoch(self) -> None:
-        states = comm.all_gather(capture_rng_state(self.trainer.model))
+        states = comm.all_gather(capture_rng_state())
         if comm.is_main_process():
             self._checkpointer.rng_states = states
 
@@ -71,3 +71,21 @@ class MetricPrinter(CommonMetricPrinter):
             super().write()
         except ZeroDivisionError:
             logger.debug("metric printer: nothing new at iteration %d", get_event_storage().iter)
+
+
+class LayerFreeze(hooks.LayerFreeze):
+    """fast-reid's LayerFreeze (MODEL.FREEZE_LAYERS in eval mode for the first SOLVER.FREEZE_ITERS
+    iterations; the step trainer keeps their parameters unchanged), re-applied before every step
+    of the window: an evaluation inside the window puts the whole model back in train mode, which
+    fast-reid's hook does not undo, so a run resumed inside the window would otherwise differ
+    from an uninterrupted one (dropout on in the frozen children after the evaluation)."""
+
+    def before_step(self) -> None:
+        if self.trainer.iter < self.freeze_iters:
+            if not self.is_frozen:
+                self.freeze_specific_layer()  # logs once
+            for name, module in self.model.named_children():
+                if name in self.freeze_layers:
+                    module.eval()
+        elif self.is_frozen:
+            self.open_all_layer()

@@ -14,7 +14,12 @@ is a ``SimpleTrainer`` whose ``run_step`` does:
    is needed for bfloat16); DistributedDataParallel all-reduces on the last micro-batch only
    (``no_sync``);
 4. one optimiser step (gradients unscaled first, then through the scaler for float16), then
-   ``zero_grad``;
+   ``zero_grad``; while ``self.iter < freeze_iters`` the parameters of the groups flagged
+   ``freeze_status = "freeze"`` (SOLVER.FREEZE_ITERS with MODEL.FREEZE_LAYERS, see
+   ``unipt_plugin.solver.build``) have their gradients dropped before the step, so the optimiser
+   leaves them and their state (Adam's moments and step count) untouched, as fast-reid's
+   freeze wrapper does. The window is a function of the trainer's iteration, not a count of
+   steps taken, so a run resumed inside it stays exact;
 5. the losses (averaged over micro-batches) to the event storage with one host copy.
 
 The losses of each micro-batch use that micro-batch's samples as negatives (contrastive and
@@ -72,15 +77,24 @@ class UniPTStepTrainer(SimpleTrainer):
         amp: mixed precision on (``dtype`` then is the autocast dtype).
         dtype: torch.float16 (with a GradScaler) or torch.bfloat16.
         accum_steps: micro-batches per optimiser step (>= 1).
+        freeze_iters: SOLVER.FREEZE_ITERS: the groups flagged ``freeze_status = "freeze"`` are not
+            updated while ``self.iter`` (set by fast-reid's ``DefaultTrainer.run_step`` before each
+            step) is below it; 0 = no freezing.
     Attributes:
         grad_scaler: the ``torch.amp.GradScaler`` (float16 AMP) or None; checkpointed by the trainer.
     """
 
     def __init__(self, model, data_loader, optimizer, param_wrapper=None, *, device_type: str = "cpu",
-                 amp: bool = False, dtype: torch.dtype = torch.float16, accum_steps: int = 1) -> None:
+                 amp: bool = False, dtype: torch.dtype = torch.float16, accum_steps: int = 1,
+                 freeze_iters: int = 0) -> None:
         super().__init__(model, data_loader, optimizer, param_wrapper)
         if int(accum_steps) < 1:
             raise ValueError(f"SOLVER.ACCUM_STEPS must be >= 1, got {accum_steps}")
+        self.freeze_iters = int(freeze_iters)
+        # The flagged parameters, taken before a checkpoint is loaded (loading keeps the parameter
+        # objects but replaces the groups' other entries with the saved ones).
+        self._frozen_params = [p for g in optimizer.param_groups if g.get("freeze_status") == "freeze"
+                               for p in g["params"]]
         self.device_type = device_type
         self.amp = bool(amp)
         self.dtype = dtype
@@ -122,14 +136,30 @@ class UniPTStepTrainer(SimpleTrainer):
 
         The gradients are unscaled before the step: a fused optimiser would otherwise unscale
         inside its kernel, after fast-reid's gradient clipping (SOLVER.CLIP_GRADIENTS, a wrapped
-        ``step``) had clipped the scaled gradients."""
+        ``step``) had clipped the scaled gradients. Inside the freeze window the frozen parameters'
+        gradients are set to None after unscaling (a non-finite one still skips the step, as in
+        fast-reid) and before clipping and the step."""
+        frozen = bool(self._frozen_params) and self._in_freeze_window()
         if self.grad_scaler is not None:
             self.grad_scaler.unscale_(self.optimizer)
+        if frozen:
+            for p in self._frozen_params:
+                p.grad = None
+        if self.grad_scaler is not None:
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+
+    def _in_freeze_window(self) -> bool:
+        if self.freeze_iters <= 0:
+            return False
+        it = getattr(self, "iter", None)
+        if it is None:
+            raise RuntimeError("UniPTStepTrainer with freeze_iters > 0 needs its iteration: set trainer.iter before "
+                               "each step (fast-reid's DefaultTrainer.run_step does)")
+        return int(it) < self.freeze_iters
 
     def run_step(self) -> None:
         assert self.model.training, "[UniPTStepTrainer] model was changed to eval mode!"

@@ -12,7 +12,7 @@ The seams that change, each a method a subclass can override:
 * ``build_step_trainer``: :class:`~unipt_plugin.engine.train_loop.UniPTStepTrainer` (``torch.amp``
   float16 / bfloat16, gradient accumulation) instead of fast-reid's Simple/AMPTrainer;
 * ``build_checkpointer``: safe loading, atomic writes, RNG states (``UniPTCheckpointer``);
-* ``build_hooks``: fast-reid's, plus RNG capture, the per-iteration scheduler and pre-emption;
+* ``build_hooks``: fast-reid's hooks, plus RNG capture, the per-iteration scheduler and pre-emption;
 * ``resume_or_load`` / ``train``: resume at any iteration (epoch ends and pre-emption
   checkpoints) with the RNG state and the data-stream position, so ``--resume`` continues
   exactly (docs/determinism.md);
@@ -44,7 +44,7 @@ from ..evaluation import TextToImageEvaluator
 from ..solver import build_unipt_lr_scheduler, build_unipt_optimizer
 from ..utils.io import atomic_write_json
 from .checkpoint import UniPTCheckpointer
-from .hooks import IterLRScheduler, MetricPrinter, PeriodicCheckpointer, RNGStateHook
+from .hooks import IterLRScheduler, LayerFreeze, MetricPrinter, PeriodicCheckpointer, RNGStateHook
 from .preemption import Preempted, PreemptionHook, parse_signals
 from .rng import restore_rng_state
 from .train_loop import UniPTStepTrainer, amp_dtype
@@ -81,24 +81,26 @@ class UniPTTrainer(DefaultTrainer):
     @classmethod
     def build_ddp_model(cls, cfg, model: torch.nn.Module) -> DistributedDataParallel:
         """DistributedDataParallel over the processes of the group: one GPU per process on CUDA
-        (``device_ids`` = this rank's GPU), the CPU with gloo. Buffers are constants (pixel
+        (the model already on this rank's GPU), the CPU with gloo. Buffers are constants (pixel
         statistics, position ids), so they are not broadcast. Modules that a config leaves without
         gradients are frozen by the meta-architectures, so no trainable parameter is unused and
         ``find_unused_parameters`` is not needed. ``static_graph`` (every step runs the same
         graph) when SOLVER.ACCUM_STEPS is 1: torch's DDP with ``static_graph`` fails under
         ``no_sync``, which gradient accumulation uses."""
-        on_cuda = str(cfg.MODEL.DEVICE).startswith("cuda")
-        device_ids = [torch.cuda.current_device()] if on_cuda else None
         unused = [n for n, p in model.named_parameters() if not p.requires_grad]
         if unused:
             logger.info("DDP: %d frozen parameter tensors are not synchronised (e.g. %s)", len(unused), unused[0])
         static = int(cfg.SOLVER.ACCUM_STEPS) == 1
-        return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False, static_graph=static)
+        # device_ids None: DDP does not copy the batch to the GPU before the forward; the
+        # meta-architectures move their own inputs (non-blocking) and read the CPU-side "seeds"
+        # of the batch without a device synchronisation. The model sits on this rank's GPU.
+        return DistributedDataParallel(model, device_ids=None, broadcast_buffers=False, static_graph=static)
 
     @classmethod
     def build_step_trainer(cls, cfg, model, data_loader, optimizer, param_wrapper) -> UniPTStepTrainer:
         """The per-iteration step: torch.amp at SOLVER.AMP.DTYPE when SOLVER.AMP.ENABLED (CUDA only;
-        setup_cfg switches it off on the CPU), SOLVER.ACCUM_STEPS micro-batches per step."""
+        setup_cfg switches it off on the CPU), SOLVER.ACCUM_STEPS micro-batches per step, and the
+        parameters of MODEL.FREEZE_LAYERS left unchanged for the first SOLVER.FREEZE_ITERS iterations."""
         accum = int(cfg.SOLVER.ACCUM_STEPS)
         per_process = int(cfg.SOLVER.IMS_PER_BATCH) // comm.get_world_size()
         if per_process % accum:
@@ -111,7 +113,7 @@ class UniPTTrainer(DefaultTrainer):
         device_type = "cuda" if str(cfg.MODEL.DEVICE).startswith("cuda") else "cpu"
         return UniPTStepTrainer(model, data_loader, optimizer, param_wrapper, device_type=device_type,
                                 amp=bool(cfg.SOLVER.AMP.ENABLED), dtype=amp_dtype(cfg.SOLVER.AMP.DTYPE),
-                                accum_steps=accum)
+                                accum_steps=accum, freeze_iters=int(cfg.SOLVER.FREEZE_ITERS))
 
     @classmethod
     def build_checkpointer(cls, cfg, model, optimizer, scheduler: dict[str, Any], grad_scaler) -> UniPTCheckpointer:
@@ -216,7 +218,7 @@ class UniPTTrainer(DefaultTrainer):
         states = checkpoint.get("rng")
         rank, world = comm.get_rank(), comm.get_world_size()
         if states is not None and len(states) == world:
-            restore_rng_state(states[rank], self.model)
+            restore_rng_state(states[rank])
             logger.info("Resumed at epoch %d (iteration %d) with the checkpoint's RNG state",
                         self.start_epoch, self.start_iter)
         else:
@@ -238,22 +240,42 @@ class UniPTTrainer(DefaultTrainer):
                 for w in super().build_writers()]
 
     def build_hooks(self) -> list:
-        ret = super().build_hooks()
-        # RNG states are gathered on every process after evaluation and before the checkpoint.
-        at = next((i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicCheckpointer)), len(ret))
-        ret.insert(at, RNGStateHook(self.checkpointer))
+        """The hooks in the order they run (fast-reid's list, built here rather than edited after
+        ``DefaultTrainer.build_hooks``): iteration timer; the LR scheduler (per iteration for
+        WarmupLinearLR, else fast-reid's per-epoch hook with its warm-up); fast-reid's LayerFreeze
+        (MODEL.FREEZE_LAYERS for SOLVER.FREEZE_ITERS iterations); evaluation every TEST.EVAL_PERIOD
+        epochs (none without DATASETS.TESTS: pre-training); the RNG-state gather (every process,
+        after evaluation, before the checkpoint); on the main process the checkpointer (every
+        SOLVER.CHECKPOINT_PERIOD epochs) and the writers (console every SOLVER.LOG_PERIOD
+        iterations); last, pre-emption, which acts after this
+        iteration's scheduler step and writers."""
+        cfg = self.cfg
+        ret: list = [hooks.IterationTimer()]
         if "iter_sched" in self.scheduler:
-            ret = [IterLRScheduler(self.optimizer, self.scheduler["iter_sched"])
-                   if isinstance(h, hooks.LRScheduler) else h for h in ret]
-        if not self.cfg.DATASETS.TESTS:
-            # Pre-training has nothing to evaluate: no EvalHook (fast-reid's divides by
-            # TEST.EVAL_PERIOD) and a checkpointer that does not look for a test set.
+            ret.append(IterLRScheduler(self.optimizer, self.scheduler["iter_sched"]))
+        else:
+            ret.append(hooks.LRScheduler(self.optimizer, self.scheduler))
+        if len(cfg.MODEL.FREEZE_LAYERS) > 0 and cfg.SOLVER.FREEZE_ITERS > 0:
+            ret.append(LayerFreeze(self.model, cfg.MODEL.FREEZE_LAYERS, cfg.SOLVER.FREEZE_ITERS))
+        if cfg.DATASETS.TESTS:
+            ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, self._test_and_save_results))
+        else:
             self._last_eval_results = OrderedDict()
-            ret = [PeriodicCheckpointer(h.checkpointer, h.period) if isinstance(h, hooks.PeriodicCheckpointer)
-                   else h for h in ret if not isinstance(h, hooks.EvalHook)]
-        # Last: it acts after this iteration's scheduler step and writers.
-        ret.append(PreemptionHook(self.checkpointer, parse_signals(self.cfg.SOLVER.PREEMPT_SIGNALS)))
+        ret.append(RNGStateHook(self.checkpointer))
+        if comm.is_main_process():
+            ret.append(PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
+            # The console line (iteration, losses, ETA) every SOLVER.LOG_PERIOD iterations; the
+            # files (metrics.json, TensorBoard) at fast-reid's 200, as before.
+            writers = self.build_writers()
+            console = [w for w in writers if isinstance(w, CommonMetricPrinter)]
+            ret.append(hooks.PeriodicWriter(console, int(cfg.SOLVER.LOG_PERIOD)))
+            ret.append(hooks.PeriodicWriter([w for w in writers if w not in console], 200))
+        ret.append(PreemptionHook(self.checkpointer, parse_signals(cfg.SOLVER.PREEMPT_SIGNALS)))
         return ret
+
+    def _test_and_save_results(self):
+        self._last_eval_results = self.test(self.cfg, self.model)
+        return self._last_eval_results
 
 
 def _test_autocast(cfg) -> torch.dtype | None:

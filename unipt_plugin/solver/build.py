@@ -1,9 +1,27 @@
 """Optimiser and learning-rate schedule builders for UniPT.
 
-Parameter groups by module prefix: ``visual.`` (SOLVER.VISUAL_LR), ``text.`` (SOLVER.TEXT_LR),
-everything else (projections, heads, PGU, temperature) at SOLVER.BASE_LR; a rate of 0 means
-BASE_LR. Each is split into a decayed group (SOLVER.WEIGHT_DECAY) and a group without decay
-holding biases, normalisation-layer parameters and scalars, unless SOLVER.DECAY_NORM_AND_BIAS.
+Parameter groups by module prefix ("part"): ``visual.`` (SOLVER.VISUAL_LR), ``text.``
+(SOLVER.TEXT_LR), and the "head": everything else (projections, classifiers, PGU, MLM head,
+temperature) at SOLVER.BASE_LR x SOLVER.HEADS_LR_FACTOR; a VISUAL_LR / TEXT_LR of 0 means
+BASE_LR. Within a part, fast-reid's keys with fast-reid's meaning
+(``fastreid.solver.build.get_default_optimizer_params``):
+
+* weights: SOLVER.WEIGHT_DECAY, the part's lr;
+* normalisation-layer weights: SOLVER.WEIGHT_DECAY_NORM, the part's lr;
+* biases (names "bias" / "*_bias", norm-layer biases included, as in fast-reid where the bias
+  override wins): SOLVER.WEIGHT_DECAY_BIAS, the part's lr x SOLVER.BIAS_LR_FACTOR;
+* scalars (0-d parameters, e.g. the learnable temperature): SOLVER.WEIGHT_DECAY_BIAS, the part's lr.
+
+A part's weights form one group (named after the part); its other parameters are grouped by
+(weight decay, lr): ``<part>_no_decay`` when they share one group without decay (the plugin's
+defaults, WEIGHT_DECAY_NORM = WEIGHT_DECAY_BIAS = 0), else ``<part>_<kinds>`` (e.g.
+``visual_norm``, ``head_bias+scalar``).
+
+fast-reid's SOLVER.FREEZE_ITERS with MODEL.FREEZE_LAYERS (top-level children of the model, e.g.
+"visual", "text"): the groups of those children's parameters are split off, named with a
+``_frozen`` suffix and flagged ``freeze_status = "freeze"`` (the others "normal", fast-reid's
+flag); ``UniPTStepTrainer`` skips them while its iteration is below FREEZE_ITERS, and fast-reid's
+LayerFreeze hook puts those children in eval mode meanwhile.
 
 Adam / AdamW use the fused CUDA kernel (``fused=True``) when every parameter is on a CUDA device
 (the optimiser is built after the model is moved to its device), else torch's default
@@ -15,50 +33,104 @@ import logging
 from typing import Any
 
 import torch
-from fastreid.solver.build import build_lr_scheduler, maybe_add_gradient_clipping
+from fastreid.solver.build import (_create_gradient_clipper, _generate_optimizer_class_with_gradient_clipping,
+                                   build_lr_scheduler)
 from torch import nn
-from torch.optim.lr_scheduler import LambdaLR
+from transformers.optimization import get_linear_schedule_with_warmup
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_unipt_optimizer", "build_unipt_lr_scheduler", "param_group_specs", "warmup_linear_factor"]
+__all__ = ["build_unipt_optimizer", "build_unipt_lr_scheduler", "param_group_specs", "frozen_children"]
 
 _NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
                nn.modules.batchnorm._NormBase)  # _NormBase covers BatchNorm*/InstanceNorm*/SyncBN
 _OPTIMIZERS = {"Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}
-_PREFIXES = (("visual", "visual."), ("text", "text."))
+_PARTS = ("visual", "text", "head")  # "visual." and "text." prefixes; the head is the rest
+_KINDS = ("weight", "norm", "bias", "scalar")
 
 
-def _no_decay_names(model: nn.Module) -> set[str]:
-    """Names of parameters exempt from weight decay: biases, norm-layer parameters, scalars."""
-    names = set()
-    for mod_name, module in model.named_modules():
+def _param_kinds(model: nn.Module) -> dict[int, str]:
+    """id(parameter) -> "bias" ("bias" / "*_bias"), "norm" (other norm-layer parameters),
+    "scalar" (0-d) or "weight"."""
+    kinds: dict[int, str] = {}
+    for _, module in model.named_modules():
         for p_name, p in module.named_parameters(recurse=False):
-            full = f"{mod_name}.{p_name}" if mod_name else p_name
-            if isinstance(module, _NORM_TYPES) or p_name == "bias" or p_name.endswith("_bias") or p.dim() == 0:
-                names.add(full)
+            if id(p) in kinds:
+                continue
+            if p_name == "bias" or p_name.endswith("_bias"):
+                kinds[id(p)] = "bias"
+            elif isinstance(module, _NORM_TYPES):
+                kinds[id(p)] = "norm"
+            elif p.dim() == 0:
+                kinds[id(p)] = "scalar"
+            else:
+                kinds[id(p)] = "weight"
+    return kinds
+
+
+def frozen_children(cfg, model: nn.Module) -> list[str]:
+    """The top-level children named in MODEL.FREEZE_LAYERS when SOLVER.FREEZE_ITERS > 0, else [].
+
+    Raises ValueError for a name that is not a top-level child of ``model``."""
+    names = [str(n) for n in cfg.MODEL.FREEZE_LAYERS]
+    if not names or int(cfg.SOLVER.FREEZE_ITERS) <= 0:
+        if names:
+            logger.info("MODEL.FREEZE_LAYERS %s: nothing is frozen, SOLVER.FREEZE_ITERS is %d", names,
+                        int(cfg.SOLVER.FREEZE_ITERS))
+        return []
+    bare = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    children = [n for n, _ in bare.named_children()]
+    for name in names:
+        if name not in children:
+            raise ValueError(f"MODEL.FREEZE_LAYERS: {name!r} is not a top-level child of the model "
+                             f"{type(bare).__name__}; its children are {children}")
     return names
 
 
 def param_group_specs(cfg, model: nn.Module) -> list[dict[str, Any]]:
-    """The parameter groups ({"name", "params", "lr", "weight_decay"}) of ``model``, empty ones
-    left out; names: visual, visual_no_decay, text, text_no_decay, head, head_no_decay."""
+    """The parameter groups ({"name", "params", "lr", "weight_decay"}, plus "freeze_status" when
+    layers are frozen) of ``model``'s trainable parameters, empty ones left out, ordered by part
+    (visual, text, head), frozen after not frozen, weights first, then the other kinds in the
+    order norm, bias, scalar; parameters in ``model.named_parameters()`` order within a group."""
     s = cfg.SOLVER
-    lrs = {"visual": s.VISUAL_LR or s.BASE_LR, "text": s.TEXT_LR or s.BASE_LR, "head": s.BASE_LR}
-    no_decay = set() if s.DECAY_NORM_AND_BIAS else _no_decay_names(model)
-    groups: dict[str, dict[str, Any]] = {}
+    lrs = {"visual": s.VISUAL_LR or s.BASE_LR, "text": s.TEXT_LR or s.BASE_LR,
+           "head": s.BASE_LR * s.HEADS_LR_FACTOR}
+    frozen = frozen_children(cfg, model)
+    kinds = _param_kinds(model)
+    groups: dict[tuple, dict[str, Any]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        bare = name[len("module."):] if name.startswith("module.") else name
-        part = next((g for g, prefix in _PREFIXES if bare.startswith(prefix)), "head")
-        decay = name not in no_decay
-        key = part if decay else f"{part}_no_decay"
-        group = groups.setdefault(key, {"name": key, "params": [], "lr": lrs[part],
-                                        "weight_decay": s.WEIGHT_DECAY if decay else 0.0})
+        bare = name.removeprefix("module.")
+        child = bare.split(".", 1)[0]
+        part = next((g for g in ("visual", "text") if bare.startswith(g + ".")), "head")
+        kind = kinds[id(p)]
+        lr = lrs[part] * (s.BIAS_LR_FACTOR if kind == "bias" else 1.0)
+        wd = {"weight": s.WEIGHT_DECAY, "norm": s.WEIGHT_DECAY_NORM}.get(kind, s.WEIGHT_DECAY_BIAS)
+        key = (part, child in frozen, kind == "weight", wd, lr)
+        group = groups.setdefault(key, {"params": [], "lr": lr, "weight_decay": wd, "kinds": set()})
         group["params"].append(p)
-    order = ["visual", "visual_no_decay", "text", "text_no_decay", "head", "head_no_decay"]
-    return [groups[k] for k in order if k in groups]
+        group["kinds"].add(kind)
+    order = sorted(groups, key=lambda k: (_PARTS.index(k[0]), k[1], not k[2],
+                                          min(_KINDS.index(x) for x in groups[k]["kinds"])))
+    specs = []
+    for key in order:
+        part, is_frozen, is_weight, wd, _ = key
+        group = groups[key]
+        present = group.pop("kinds")
+        kinds_here = [k for k in _KINDS if k in present]
+        others = [k for k in groups if k[:3] == (part, is_frozen, False)]
+        if is_weight:
+            name = part
+        elif len(others) == 1 and wd == 0:
+            name = f"{part}_no_decay"
+        else:
+            name = f"{part}_{'+'.join(kinds_here)}"
+        spec = {"name": name + ("_frozen" if is_frozen else ""), **group}
+        if frozen:
+            spec["freeze_status"] = "freeze" if is_frozen else "normal"
+        specs.append(spec)
+    return specs
 
 
 def build_unipt_optimizer(cfg, model: nn.Module) -> tuple[torch.optim.Optimizer, None]:
@@ -80,11 +152,30 @@ def build_unipt_optimizer(cfg, model: nn.Module) -> tuple[torch.optim.Optimizer,
     for g in groups:
         logger.info("optimiser group %-16s %4d tensors, %11d params, lr %.2e, weight decay %g",
                     g["name"], len(g["params"]), sum(p.numel() for p in g["params"]), g["lr"], g["weight_decay"])
-    opt_cls = maybe_add_gradient_clipping(cfg, _OPTIMIZERS[s.OPT])
+    if any(g.get("freeze_status") == "freeze" for g in groups):
+        logger.info("MODEL.FREEZE_LAYERS %s: not updated during the first %d iterations (SOLVER.FREEZE_ITERS)",
+                    list(cfg.MODEL.FREEZE_LAYERS), int(s.FREEZE_ITERS))
+    opt_cls = _with_gradient_clipping(cfg, _OPTIMIZERS[s.OPT])
     extra = {"fused": True} if _all_on_cuda(groups) else {}
     optimizer = opt_cls(groups, lr=s.BASE_LR, betas=tuple(s.BETAS), eps=s.EPS, weight_decay=s.WEIGHT_DECAY, **extra)
     logger.info("optimiser %s: %s implementation", s.OPT, "fused CUDA" if extra else "default")
     return optimizer, None
+
+
+def _with_gradient_clipping(cfg, optimizer_cls: type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
+    """fast-reid's per-parameter gradient clipping (SOLVER.CLIP_GRADIENTS: CLIP_TYPE "value" or "norm",
+    CLIP_VALUE, NORM_TYPE) around ``optimizer_cls``'s step, skipping parameters without a gradient
+    (frozen by SOLVER.FREEZE_ITERS, say): torch's ``clip_grad_value_`` raises on one, where fast-reid's
+    ``maybe_add_gradient_clipping`` would pass it."""
+    if not cfg.SOLVER.CLIP_GRADIENTS.ENABLED:
+        return optimizer_cls
+    clipper = _create_gradient_clipper(cfg.SOLVER.CLIP_GRADIENTS)
+
+    def clip_if_present(p: torch.Tensor) -> None:
+        if p.grad is not None:
+            clipper(p)
+
+    return _generate_optimizer_class_with_gradient_clipping(optimizer_cls, per_param_clipper=clip_if_present)
 
 
 def _all_on_cuda(groups: list[dict[str, Any]]) -> bool:
@@ -93,18 +184,16 @@ def _all_on_cuda(groups: list[dict[str, Any]]) -> bool:
     return bool(params) and all(p.is_cuda and p.is_floating_point() for p in params)
 
 
-def warmup_linear_factor(it: int, warmup_iters: int, max_iter: int) -> float:
-    """LR factor at iteration ``it``: it / warmup_iters during warm-up (0 at it = 0), then
-    linear decay from 1 at warmup_iters to 0 at max_iter (and 0 after)."""
-    if it < warmup_iters:
-        return it / warmup_iters
-    return max(0.0, (max_iter - it) / max(1, max_iter - warmup_iters))
-
-
 def build_unipt_lr_scheduler(cfg, optimizer: torch.optim.Optimizer, iters_per_epoch: int) -> dict[str, Any]:
-    """SOLVER.SCHED = "WarmupLinearLR": {"iter_sched": LambdaLR}, to be stepped once per
-    iteration (warm-up over WARMUP_RATIO of MAX_EPOCH * iters_per_epoch iterations, then linear
-    decay to 0). Any other SCHED: fast-reid's per-epoch {"lr_sched", "warmup_sched"}."""
+    """SOLVER.SCHED = "WarmupLinearLR": {"iter_sched": LambdaLR} from transformers'
+    ``get_linear_schedule_with_warmup``, to be stepped once per iteration: factor it / warm-up
+    during the warm-up (WARMUP_RATIO of MAX_EPOCH * iters_per_epoch iterations, rounded), then
+    linear decay from 1 to 0 at the last iteration, 0 after. Any other SCHED: fast-reid's
+    per-epoch {"lr_sched", "warmup_sched"}.
+
+    Checkpoints hold the LambdaLR's state_dict (its step count and base rates; the factor
+    function is rebuilt from the config), so those saved by the earlier hand-written LambdaLR
+    (the same factors) resume into this one unchanged."""
     s = cfg.SOLVER
     if s.SCHED != "WarmupLinearLR":
         return build_lr_scheduler(cfg, optimizer, iters_per_epoch)
@@ -116,8 +205,4 @@ def build_unipt_lr_scheduler(cfg, optimizer: torch.optim.Optimizer, iters_per_ep
         raise ValueError(f"SOLVER.WARMUP_RATIO must be in [0, 1), got {s.WARMUP_RATIO}")
     warmup = int(round(s.WARMUP_RATIO * max_iter))
     logger.info("WarmupLinearLR: %d warm-up iterations, linear decay to 0 at iteration %d", warmup, max_iter)
-
-    def factor(it: int) -> float:
-        return warmup_linear_factor(it, warmup, max_iter)
-
-    return {"iter_sched": LambdaLR(optimizer, factor)}
+    return {"iter_sched": get_linear_schedule_with_warmup(optimizer, warmup, max_iter)}
