@@ -11,26 +11,17 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from open_clip import image_transform
+from open_clip.model import get_model_preprocess_cfg
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..data.image_files import list_images
 from ..data.transforms import read_image
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IMAGE_EXTENSIONS", "list_images", "read_list_file", "ImageListDataset", "clip_transform"]
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-
-
-def list_images(root: str | os.PathLike) -> list[str]:
-    """Every image file under ``root`` (recursively), as sorted POSIX paths relative to ``root``."""
-    root = Path(root)
-    if not root.is_dir():
-        raise NotADirectoryError(f"image folder not found: {root}")
-    out = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
-    return sorted(out)
-
+__all__ = ["list_images", "read_list_file", "ImageListDataset", "clip_transform"]
 
 def read_list_file(path: str | os.PathLike) -> list[str]:
     """Relative image paths, one per line (blank lines and '#' comments ignored), sorted, unique."""
@@ -52,9 +43,6 @@ def clip_transform(model: torch.nn.Module, resize_mode: str = "longest") -> Call
     kept; default), "shortest" (resize the shorter side and centre-crop: open_clip's default,
     which cuts head and feet off tall person crops) or "squash" (stretch to a square).
     """
-    from open_clip import image_transform
-    from open_clip.model import get_model_preprocess_cfg
-
     cfg = get_model_preprocess_cfg(model)
     return image_transform(cfg["size"], is_train=False, mean=cfg.get("mean"), std=cfg.get("std"),
                            resize_mode=resize_mode, interpolation=cfg.get("interpolation", "bicubic"))

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from .clip_model import build_clip
+from .clip_model import load_frozen_clip
 from .combine import CaptionBuilder
 from .conquer import ClipConquer
 from .generate import Conqueror, RunSettings, default_work_dir, files_sha256, merge_shards, run_shard
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_inputs(args: argparse.Namespace) -> tuple[Path, list[str]]:
     """(image root, sorted relative image paths) from --images or --list."""
     if args.images:
-        return Path(args.images), list_images(args.images)
+        return Path(args.images), list_images(args.images, what="--images")
     if args.list:
         root = Path(args.image_root) if args.image_root else Path(args.list).parent
         return root, read_list_file(args.list)
@@ -109,7 +109,7 @@ def run_one_shard(args: argparse.Namespace, shard: int, num_shards: int, device:
     builder = CaptionBuilder(vocab, build_templates(args.num_templates, args.seed))
 
     def make() -> Conqueror:
-        model, tokenizer = build_clip(args.model, args.weights, args.model_config, device, args.quick_gelu, args.random_init_ok)
+        model, tokenizer = load_frozen_clip(args.model, args.weights, args.model_config, device, args.quick_gelu, args.random_init_ok)
         conquer = ClipConquer(model, tokenizer, vocab, device, args.threshold, args.logit_scale or None)
         size = model.visual.image_size
         h, w = (size, size) if isinstance(size, int) else size

@@ -7,7 +7,8 @@
 * ``render``: PNG grid and self-contained HTML page of the results.
 * ``export``: TorchScript export of both encoders.
 """
-from .encoder import IMAGE_EXTENSIONS, ImageEncoding, SearchEncoder, TextEncoding, list_images, load_model
+from ..data.image_files import IMAGE_EXTENSIONS, list_images
+from .encoder import ImageEncoding, SearchEncoder, TextEncoding, load_model
 from .export import ImageEncoder, TextEncoder, export_encoders
 from .fingerprint import config_hash, feature_config, weights_hash
 from .index import DEFAULT_PARAMS, KINDS, GalleryIndex, IndexMismatchError, build_faiss_index

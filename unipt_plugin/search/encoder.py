@@ -13,32 +13,22 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from fastreid.modeling.meta_arch import build_model
 from torch import nn
+from tqdm import tqdm
+
+from ..data.tokenizer import build_tokenizer
+from ..data.transforms import build_image_transform, read_image
+from ..engine import UniPTCheckpointer
+from ..modeling.weight_loading import encoder_weights_skipped
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageEncoding", "TextEncoding", "SearchEncoder", "list_images", "load_model"]
-
-# File name endings (lower case) that ``list_images`` collects.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-
-
-def list_images(folder: str | os.PathLike) -> list[str]:
-    """Every image file under ``folder`` (recursive, sorted), as absolute paths.
-
-    Raises NotADirectoryError when ``folder`` is not a directory.
-    """
-    root = Path(folder)
-    if not root.is_dir():
-        raise NotADirectoryError(f"--images: {folder} is not a directory")
-    found = [p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
-    return sorted(str(p.resolve()) for p in found)
-
+__all__ = ["ImageEncoding", "TextEncoding", "SearchEncoder", "load_model"]
 
 def load_model(cfg: Any, weights: str | None = None) -> nn.Module:
     """Build ``cfg.MODEL.META_ARCHITECTURE``, load ``weights`` (or ``cfg.MODEL.WEIGHTS``), eval mode.
@@ -46,16 +36,13 @@ def load_model(cfg: Any, weights: str | None = None) -> nn.Module:
     Raises FileNotFoundError when no weights file is given or it does not exist: searching with
     a randomly initialised model is never what a user wants.
     """
-    from fastreid.modeling.meta_arch import build_model
-
-    from ..engine import UniPTCheckpointer
-
     path = weights or cfg.MODEL.WEIGHTS
     if not path:
         raise FileNotFoundError("no model weights: pass --weights FILE (or set MODEL.WEIGHTS)")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file not found: {path}")
-    model = build_model(cfg)
+    with encoder_weights_skipped():  # every parameter comes from the checkpoint
+        model = build_model(cfg)
     UniPTCheckpointer(model).load(path)
     model.eval()
     return model
@@ -91,9 +78,6 @@ class SearchEncoder:
     """
 
     def __init__(self, model: nn.Module, cfg: Any, batch_size: int = 32, num_threads: int = 2):
-        from ..data.tokenizer import build_tokenizer
-        from ..data.transforms import build_image_transform
-
         self.model = model.eval()
         self.cfg = cfg
         self.batch_size = int(batch_size)
@@ -113,8 +97,6 @@ class SearchEncoder:
 
     # ------------------------------------------------------------------ images
     def _load(self, path: str) -> torch.Tensor:
-        from ..data.transforms import read_image
-
         return self.transform(read_image(path))
 
     def _try_load(self, path: str) -> tuple[torch.Tensor | None, str]:
@@ -145,8 +127,6 @@ class SearchEncoder:
         """
         bar = None
         if progress:
-            from tqdm import tqdm
-
             bar = tqdm(total=len(paths), unit="img", desc="encoding")
         feats: list[np.ndarray] = []
         kept: list[str] = []

@@ -22,6 +22,7 @@ Kinds (faiss, inner product on L2-normalised features = cosine):
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import uuid
@@ -36,7 +37,8 @@ from ..utils.io import atomic_open, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GalleryIndex", "IndexMismatchError", "build_faiss_index", "DEFAULT_PARAMS", "KINDS"]
+__all__ = ["GalleryIndex", "IndexMismatchError", "build_faiss_index", "factory_string", "DEFAULT_PARAMS",
+           "KINDS"]
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -55,27 +57,29 @@ class IndexMismatchError(RuntimeError):
     """The index was made with another model config or other weights than the ones given."""
 
 
+def factory_string(kind: str, params: dict[str, int]) -> str:
+    """The ``faiss.index_factory`` description of ``kind`` with ``params`` ("Flat", "IVF1024,Flat", "HNSW32")."""
+    if kind == "flat":
+        return "Flat"
+    if kind == "ivf":
+        return f"IVF{int({**DEFAULT_PARAMS['ivf'], **params}['nlist'])},Flat"
+    if kind == "hnsw":
+        return f"HNSW{int({**DEFAULT_PARAMS['hnsw'], **params}['hnsw_m'])}"
+    raise ValueError(f"unknown index kind {kind!r}; expected one of {', '.join(KINDS)}")
+
+
 def build_faiss_index(dim: int, kind: str, params: dict[str, int]) -> faiss.Index:
-    """An empty inner-product faiss index of ``kind`` ("flat", "ivf", "hnsw") for ``dim``-d vectors.
+    """An empty inner-product faiss index of ``kind`` ("flat", "ivf", "hnsw") for ``dim``-d vectors,
+    made by ``faiss.index_factory`` from :func:`factory_string`, with its search parameters set.
 
     An "ivf" index must be trained before vectors are added.
     """
-    if kind == "flat":
-        return faiss.IndexFlatIP(dim)
-    if kind == "ivf":
-        p = {**DEFAULT_PARAMS["ivf"], **params}
-        quantizer = faiss.IndexFlatIP(dim)
-        index = faiss.IndexIVFFlat(quantizer, dim, int(p["nlist"]), faiss.METRIC_INNER_PRODUCT)
-        # (faiss's Python wrapper keeps ``quantizer`` alive as long as ``index``.)
-        index.nprobe = int(p["nprobe"])
-        return index
+    index = faiss.index_factory(int(dim), factory_string(kind, params), faiss.METRIC_INNER_PRODUCT)
+    p = {**DEFAULT_PARAMS[kind], **params}
     if kind == "hnsw":
-        p = {**DEFAULT_PARAMS["hnsw"], **params}
-        index = faiss.IndexHNSWFlat(dim, int(p["hnsw_m"]), faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = int(p["ef_construction"])
-        index.hnsw.efSearch = int(p["ef_search"])
-        return index
-    raise ValueError(f"unknown index kind {kind!r}; expected one of {', '.join(KINDS)}")
+    _set_search_params(index, kind, p)
+    return index
 
 
 def _set_search_params(index: faiss.Index, kind: str, params: dict[str, int]) -> None:
@@ -303,8 +307,6 @@ class GalleryIndex:
 
 
 def _read_manifest(directory: Path) -> dict[str, Any]:
-    import json
-
     path = directory / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"no index at {directory}: {MANIFEST} not found "

@@ -9,7 +9,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .encoder import SearchEncoder, list_images
+from ..data import build_t2i_test_loader
+from ..data.image_files import list_images
+from .encoder import SearchEncoder
 from .fingerprint import config_hash, weights_hash
 from .index import GalleryIndex
 from .render import Hit, QueryResult
@@ -42,7 +44,7 @@ def index_folder(encoder: SearchEncoder, cfg: Any, images_dir: str | os.PathLike
     are tried again on the next run.
     """
     chash, whash = config_hash(cfg), weights_hash(encoder.model.state_dict())
-    paths = list_images(images_dir)
+    paths = list_images(images_dir, absolute=True, what="--images")
     gi: GalleryIndex | None = None
     rebuilt = False
     if GalleryIndex.exists(index_dir):
@@ -95,8 +97,6 @@ def dataset_gallery(encoder: SearchEncoder, cfg: Any, dataset_name: str) -> Gall
     Uses ``build_t2i_test_loader(cfg, dataset_name)``: its image batches ("images", "img_ids")
     are encoded (the caption batches are not used); hits show the gallery image paths.
     """
-    from ..data import build_t2i_test_loader
-
     loader, _ = build_t2i_test_loader(cfg, dataset_name)
     feats, img_ids = [], []
     for batch in loader:

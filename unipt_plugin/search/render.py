@@ -12,7 +12,9 @@ from typing import Sequence
 
 import cv2
 import numpy as np
+from PIL import Image
 
+from ..data.transforms import read_image
 from ..utils.io import atomic_open, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -51,8 +53,6 @@ def results_to_json(results: Sequence[QueryResult]) -> list[dict]:
 def _thumbnail(path: str, height: int, width: int) -> np.ndarray:
     """(height, width, 3) uint8 BGR tile of the image (aspect kept, padded), or a grey
     'unreadable' tile when the file cannot be read."""
-    from ..data.transforms import read_image
-
     tile = np.full((height, width, 3), 235, np.uint8)
     try:
         rgb = np.asarray(read_image(path))
@@ -113,10 +113,6 @@ def render_grid_png(results: Sequence[QueryResult], out_path: str | os.PathLike,
 
 def _data_uri(path: str, max_height: int) -> str | None:
     """The image as a ``data:image/jpeg;base64,...`` URI, resized to at most ``max_height``."""
-    from PIL import Image
-
-    from ..data.transforms import read_image
-
     try:
         img = read_image(path)
     except Exception as e:

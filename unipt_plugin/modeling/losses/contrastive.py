@@ -11,48 +11,22 @@ computing the loss on the concatenated batch (``tests/test_distributed_contrasti
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 import torch.nn.functional as F
+from fastreid.utils import comm
 
-__all__ = ["contrastive_loss", "all_gather_with_grad", "distributed_world"]
-
-
-def distributed_world() -> tuple[int, int]:
-    """(rank, world size) of the default process group, (0, 1) when none is initialised."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-class _AllGatherWithGrad(torch.autograd.Function):
-    """all_gather whose backward all-reduces (sums) the gradient of the gathered tensor and
-    returns this process's slice. Uses only all_gather / all_reduce, which every backend
-    (gloo included) supports."""
-
-    @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
-        world = dist.get_world_size()
-        ctx.rank = dist.get_rank()
-        ctx.n = tensor.shape[0]
-        tensor = tensor.contiguous()
-        out = [torch.empty_like(tensor) for _ in range(world)]
-        dist.all_gather(out, tensor)
-        return torch.cat(out, dim=0)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
+__all__ = ["contrastive_loss", "all_gather_with_grad"]
 
 
 def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     """(N, ...) on each of W processes -> (W * N, ...) in rank order, differentiable (integer
     tensors, e.g. identity targets, are gathered too, without gradient). Every process must
     pass the same N; with no process group (or W = 1) the tensor itself is returned."""
-    if distributed_world()[1] == 1:
+    if comm.get_world_size() == 1:
         return tensor
-    return _AllGatherWithGrad.apply(tensor)
+    # torch's differentiable all_gather: the backward sums, over processes, the gradient each
+    # one sends to this process's slice (reduce-scatter on NCCL, all-to-all on gloo).
+    return torch.cat(dist_nn.all_gather(tensor), dim=0)
 
 
 def contrastive_loss(
@@ -83,7 +57,7 @@ def contrastive_loss(
         if isinstance(logit_scale, torch.Tensor):
             logit_scale = logit_scale.float()
         n = img.shape[0]
-        rank, world = distributed_world()
+        rank, world = comm.get_rank(), comm.get_world_size()
         if gather and world > 1:
             all_img = all_gather_with_grad(img)
             all_txt = all_gather_with_grad(txt)

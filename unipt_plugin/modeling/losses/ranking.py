@@ -1,4 +1,4 @@
-"""Bidirectional ranking loss with semi-hard negatives (paper Eq. 5; method-notes section 3).
+"""Bidirectional ranking loss with semi-hard negatives (paper Eq. 5; docs/choices.md, Fine-tuning).
 
 For an anchor (an image, say) the positive is its own paired caption (the diagonal of the
 similarity matrix) and the negatives are the captions of *other* identities; captions of the
@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from fastreid.utils import comm
 
-from .contrastive import all_gather_with_grad, distributed_world
+from .contrastive import all_gather_with_grad
 
 __all__ = ["ranking_loss", "ranking_loss_from_similarity"]
 
@@ -137,7 +138,7 @@ def ranking_loss(
     with torch.autocast(device_type=image_emb.device.type, enabled=False):
         img = F.normalize(image_emb.float(), dim=-1)
         txt = F.normalize(text_emb.float(), dim=-1)
-        rank, world = distributed_world()
+        rank, world = comm.get_rank(), comm.get_world_size()
         if not gather or world == 1:
             return ranking_loss_from_similarity(img @ txt.t(), targets, margin, generator, hardest_fallback)
         n = img.shape[0]
