@@ -1,4 +1,4 @@
-"""Tiny datasets in the RAW annotation formats (method-notes section 5), written by tests.
+"""Tiny datasets in the RAW annotation formats (datasets/README.md), written by tests.
 
 Each ``make_*`` function writes ``<root>/<dataset folder>/`` with its annotation file and small
 random images (PNG and JPG mixed), and returns what it wrote, computed while writing:

@@ -5,10 +5,9 @@ import os
 from dataclasses import replace
 
 import numpy as np
-import pytest
 
 from unipt_plugin.synthetic import generate_world, render_person, sample_identity
-from unipt_plugin.synthetic.attributes import COLOR_RGB, nearest_color
+from unipt_plugin.synthetic.attributes import nearest_color
 from unipt_plugin.synthetic.captions import describe
 
 

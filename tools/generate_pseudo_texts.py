@@ -14,6 +14,7 @@
 
 See docs/pseudo_texts.md.
 """
+import logging
 import os
 import sys
 
@@ -21,6 +22,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import unipt_plugin  # noqa: E402,F401  (compat shims before fastreid)
 from unipt_plugin.pseudo_text.pipeline import build_parser, main, run_merge, run_one_shard  # noqa: E402
+
+# The plugin's INFO lines (progress every ~10 s with --no-progress, shard and merge summaries);
+# other libraries at WARNING. At module level, so that processes started by launch have it too.
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+logging.getLogger("unipt_plugin").setLevel(logging.INFO)
 
 
 def _worker(args):

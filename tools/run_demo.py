@@ -12,6 +12,10 @@ Stages (each skipped when its output already exists, so an interrupted demo resu
      on the labeled test split                                   (tools/train_net.py)
   6. a report: Markdown table, loss curves, Rank-1 comparison, retrieval grid.
 
+Each tool's whole output goes to <work-dir>/logs/<stage>.log; while it runs, one status line
+(elapsed time, epoch / step / images done, loss, the tool's own ETA) follows it, rewritten in
+place on a terminal and printed every 15 s otherwise.
+
     python tools/run_demo.py                    # the README's main job
     python tools/run_demo.py --seeds 0 1 2      # the 3-seed comparison
     python tools/run_demo.py --ablate-mlm --ablate-pgu
@@ -20,9 +24,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import queue
+import re
+import shutil
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import dataclass
+from typing import IO, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -51,17 +61,238 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def run(cmd: list[str], log_path: str) -> None:
-    """Run a tool as a subprocess, its output going to log_path; fail loudly with the log's tail."""
+# ---------------------------------------------------------------------------------- stage progress
+# The lines the stages already print that say how far they are:
+#   fast-reid's metric printer (tools/train_net.py; every 200 iterations and at each epoch's end)
+#     "[12/02 00:02:41 fastreid.utils.events]:  eta: 0:01:10  epoch/iter: 0/30  total_loss: 13.05  loss_con: ..."
+#   the CLIP stand-in trainer (tools/train_clip_standin.py --no-progress; every ~10 s)
+#     "INFO unipt_plugin.synthetic.clip_standin: CLIP stand-in: epoch 2/8, step 30/120, loss 3.210,
+#      2.50 steps/s, eta 0:00:36" (one line)
+#   the pseudo-text generator (tools/generate_pseudo_texts.py --no-progress; every ~10 s)
+#     "INFO unipt_plugin.pseudo_text.generate: shard 0/1: 640/2000 images, 45.1 img/s, eta 0:00:30"
+_ETA = r"(?P<eta>(?:\d+ days?, )?\d+:\d\d:\d\d)"
+_FASTREID_LINE = re.compile(r"(?:eta: " + _ETA + r"\s+)?epoch/iter: (?P<epoch>\d+)/(?P<iter>\d+)\s+(?P<rest>.*)")
+_FASTREID_LOSS = re.compile(r"(?P<name>\w*loss\w*): (?P<value>\S+)")
+_STANDIN_LINE = re.compile(r"CLIP stand-in: epoch (?P<epoch>\d+)/(?P<epochs>\d+), step (?P<step>\d+)/(?P<steps>\d+), "
+                           r"loss (?P<loss>\S+), (?P<rate>\S+) steps/s, eta " + _ETA)
+_PSEUDO_TEXT_LINE = re.compile(r"shard (?P<shard>\d+)/(?P<shards>\d+): (?P<done>\d+)/(?P<total>\d+) images, "
+                               r"(?P<rate>\S+) img/s, eta " + _ETA)
+# Lines that start a phase with no counter of its own (the status then says what runs).
+_PHASES = (
+    (re.compile(r"Starting training from epoch"), "training"),
+    (re.compile(r"Prepare testing set"), "evaluating"),
+    (re.compile(r"CLIP stand-in trained in"), "measuring the attribute accuracy"),
+    (re.compile(r"shard \d+/\d+: \{"), "merging and writing the report"),
+)
+
+
+def parse_eta(text: str) -> float:
+    """Seconds of a ``datetime.timedelta`` string: "0:01:10" -> 70.0, "1 day, 2:00:00" -> 93600.0."""
+    days = 0
+    if "day" in text:
+        head, text = text.split(",", 1)
+        days = int(head.split()[0])
+    h, m, s = (int(x) for x in text.strip().split(":"))
+    return float(days * 86400 + h * 3600 + m * 60 + s)
+
+
+def format_eta(seconds: float) -> str:
+    """A number of seconds as "H:MM:SS" (rounded down; negative counts as 0)."""
+    s = max(0, int(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+@dataclass
+class StageStatus:
+    """What a stage last said about its progress.
+
+    Attributes:
+        position: how far it is, e.g. "epoch 2/5, iter 61", "step 30/120 (epoch 2/8)", "640/2000 images".
+        loss: the loss it printed, e.g. "total_loss 13.05", or None.
+        rate: items per second as printed, e.g. "45.1 img/s", or None.
+        eta_s: the stage's own estimate of the time left, in seconds, when the line was read, or None.
+        seen_at: ``time.monotonic()`` when the line was read.
+        phase: what runs now when the last line had no counter ("evaluating"), else "".
+    """
+
+    position: str
+    loss: Optional[str] = None
+    rate: Optional[str] = None
+    eta_s: Optional[float] = None
+    seen_at: float = 0.0
+    phase: str = ""
+
+
+def parse_progress_line(line: str, max_epoch: Optional[int] = None) -> Optional[StageStatus]:
+    """A ``StageStatus`` from one output line of a stage, or None when the line says nothing about
+    progress. ``max_epoch``: the run's SOLVER.MAX_EPOCH, for fast-reid's lines (which give the
+    0-based epoch and the 0-based iteration only). ``seen_at`` is left 0."""
+    m = _FASTREID_LINE.search(line)
+    if m:
+        epoch = int(m.group("epoch")) + 1
+        position = f"epoch {epoch}/{max_epoch}" if max_epoch else f"epoch {epoch}"
+        position += f", iter {int(m.group('iter')) + 1}"
+        losses = {k.group("name"): k.group("value") for k in _FASTREID_LOSS.finditer(m.group("rest"))}
+        name = "total_loss" if "total_loss" in losses else next(iter(losses), None)
+        return StageStatus(position, loss=f"{name} {losses[name]}" if name else None,
+                           eta_s=parse_eta(m.group("eta")) if m.group("eta") else None)
+    m = _STANDIN_LINE.search(line)
+    if m:
+        return StageStatus(f"step {m.group('step')}/{m.group('steps')} (epoch {m.group('epoch')}/{m.group('epochs')})",
+                           loss=f"loss {m.group('loss')}", rate=f"{m.group('rate')} steps/s",
+                           eta_s=parse_eta(m.group("eta")))
+    m = _PSEUDO_TEXT_LINE.search(line)
+    if m:
+        return StageStatus(f"{m.group('done')}/{m.group('total')} images", rate=f"{m.group('rate')} img/s",
+                           eta_s=parse_eta(m.group("eta")))
+    return None
+
+
+def parse_phase_line(line: str) -> Optional[str]:
+    """The phase a line starts ("evaluating", ...; see ``_PHASES``), or None."""
+    return next((phase for pattern, phase in _PHASES if pattern.search(line)), None)
+
+
+def format_status(elapsed_s: float, status: Optional[StageStatus], now: float, lines: int = 0) -> str:
+    """One status line: elapsed time, then the stage's last progress (position, loss, rate, phase)
+    and its ETA counted down since the line was read (``now`` and ``status.seen_at`` are
+    ``time.monotonic()`` values). Without any progress yet: the number of output lines so far."""
+    parts = [f"[{format_eta(elapsed_s)}]"]
+    if status is None:
+        parts.append(f"running ({lines} lines of output)")
+    else:
+        counters = ", ".join(p for p in (status.position, status.loss, status.rate) if p)
+        if counters:
+            parts.append(counters)
+        if status.phase:
+            parts.append(f"now {status.phase}")
+        if status.eta_s is not None:
+            parts.append(f"eta {format_eta(status.eta_s - (now - status.seen_at))}")
+    return "  ".join(parts)
+
+
+class StageProgress:
+    """Follows a stage's output lines and keeps its latest ``StageStatus``."""
+
+    def __init__(self, max_epoch: Optional[int] = None) -> None:
+        self.max_epoch = max_epoch
+        self.status: Optional[StageStatus] = None
+        self.lines = 0
+
+    def feed(self, line: str, now: float) -> None:
+        """One line of output (a tqdm-style line counts by its text after the last carriage return)."""
+        self.lines += 1
+        line = line.rstrip("\r\n").rsplit("\r", 1)[-1]
+        status = parse_progress_line(line, self.max_epoch)
+        if status is not None:
+            status.seen_at = now
+            self.status = status
+            return
+        phase = parse_phase_line(line)
+        if phase is not None:
+            if self.status is None:
+                self.status = StageStatus("", seen_at=now)
+            self.status.phase = phase
+
+    def line(self, elapsed_s: float, now: float) -> str:
+        return format_status(elapsed_s, self.status, now, self.lines)
+
+
+class StatusDisplay:
+    """Shows a stage's status on ``stream``: on a terminal one line rewritten in place (carriage
+    return) about once a second; otherwise a new line every ``interval_s`` seconds, so that
+    logs of non-interactive runs stay short."""
+
+    def __init__(self, stream: IO[str], interval_s: float = 15.0, tty: Optional[bool] = None,
+                 start: Optional[float] = None) -> None:
+        self.stream = stream
+        self.tty = stream.isatty() if tty is None else tty
+        self.interval_s = interval_s if not self.tty else 1.0
+        self._last = time.monotonic() if start is None else start
+        self._width = 0
+
+    def tick(self, text: str, now: float) -> None:
+        """Show ``text`` if the interval has passed since the last line shown (or the start)."""
+        if now - self._last < self.interval_s:
+            return
+        self._last = now
+        if self.tty:
+            columns = shutil.get_terminal_size((100, 20)).columns
+            text = ("    " + text)[: max(10, columns - 1)]
+            self.stream.write("\r" + text.ljust(self._width))
+            self._width = len(text)
+        else:
+            self.stream.write(f"    {text}\n")
+        self.stream.flush()
+
+    def clear(self) -> None:
+        """Erase the in-place line (terminal only) before other output."""
+        if self.tty and self._width:
+            self.stream.write("\r" + " " * self._width + "\r")
+            self.stream.flush()
+            self._width = 0
+
+
+def run(cmd: list[str], log_path: str, max_epoch: Optional[int] = None, interval_s: float = 15.0) -> None:
+    """Run a tool as a subprocess, its whole output going to log_path while a one-line status
+    (``StatusDisplay``) follows its progress; fail loudly with the log's tail.
+
+    ``max_epoch``: the run's SOLVER.MAX_EPOCH (shown as "epoch e/max_epoch" for tools/train_net.py).
+    """
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     t0 = time.time()
+    start = time.monotonic()
     print(f"  $ {' '.join(cmd)}", flush=True)
-    with open(log_path, "w", encoding="utf-8") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    if proc.returncode != 0:
-        with open(log_path, encoding="utf-8") as f:
+    progress = StageProgress(max_epoch)
+    display = StatusDisplay(sys.stdout, interval_s, start=start)
+    lines: "queue.Queue[Optional[bytes]]" = queue.Queue()
+    # Unbuffered child output, so that each line arrives when it is written.
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+
+        def pump() -> None:
+            # Every byte goes to the log as the tool wrote it; the main thread parses the lines.
+            try:
+                for raw in iter(proc.stdout.readline, b""):
+                    log.write(raw)
+                    log.flush()
+                    lines.put(raw)
+            except (OSError, ValueError):  # the log was closed after the grace period below
+                return
+            lines.put(None)
+
+        reader = threading.Thread(target=pump, name="demo-stage-output", daemon=True)
+        reader.start()
+        exited_at = None
+        try:
+            while True:
+                try:
+                    raw = lines.get(timeout=0.25)
+                except queue.Empty:
+                    raw = b""
+                if raw is None:
+                    break
+                now = time.monotonic()
+                if raw:
+                    progress.feed(raw.decode("utf-8", errors="replace"), now)
+                elif proc.poll() is not None:
+                    # The tool has exited; a process it left behind may still hold the pipe open.
+                    exited_at = now if exited_at is None else exited_at
+                    if now - exited_at > 5.0:
+                        break
+                display.tick(progress.line(now - start, now), now)
+            returncode = proc.wait()
+            reader.join(timeout=1.0)
+        finally:
+            display.clear()
+            if proc.poll() is None:  # interrupted (Ctrl-C): do not leave the tool running
+                proc.terminate()
+                proc.wait()
+    if returncode != 0:
+        with open(log_path, encoding="utf-8", errors="replace") as f:
             tail = f.read()[-3000:]
-        sys.exit(f"demo stage failed (exit {proc.returncode}); log {log_path}:\n{tail}")
+        sys.exit(f"demo stage failed (exit {returncode}); log {log_path}:\n{tail}")
     print(f"    done in {time.time() - t0:.0f} s (log: {log_path})", flush=True)
 
 
@@ -120,7 +351,8 @@ def main(argv=None) -> int:
             run([py, "tools/train_net.py", "--config-file", config, "DATASETS.ROOT", data, "OUTPUT_DIR", out,
                  "SEED", str(seed), "SOLVER.MAX_EPOCH", str(epochs), "SOLVER.CHECKPOINT_PERIOD", str(epochs),
                  "SOLVER.IMS_PER_BATCH", str(batch),
-                 *sched, "MODEL.DEVICE", "cpu", *opts], os.path.join(work, "logs", f"seed{seed}_{name}.log"))
+                 *sched, "MODEL.DEVICE", "cpu", *opts], os.path.join(work, "logs", f"seed{seed}_{name}.log"),
+                max_epoch=epochs)
         runs.setdefault(name, {})[seed] = out
         return out
 

@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # The plugin's INFO lines: with --no-progress, the training progress every ~10 s.
+    logging.getLogger("unipt_plugin").setLevel(logging.INFO)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     if not args.skip_train:

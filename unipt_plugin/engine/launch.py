@@ -30,6 +30,8 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from fastreid.engine import default_argument_parser as fastreid_parser
+from fastreid.utils import comm
 
 __all__ = ["default_argument_parser", "launch", "PREEMPTED_EXIT_CODE"]
 
@@ -45,8 +47,6 @@ def default_argument_parser() -> argparse.ArgumentParser:
     ``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url``, ``opts``) with
     ``--dist-url`` defaulting to "auto" (a free localhost port: two jobs on one host do not
     collide) instead of a fixed port per user."""
-    from fastreid.engine import default_argument_parser as fastreid_parser
-
     parser = fastreid_parser()
     parser.set_defaults(dist_url="auto")
     for action in parser._actions:
@@ -125,8 +125,6 @@ def launch(main_func: Callable[..., Any], num_gpus_per_machine: int, num_machine
 
 def _distributed_worker(local_rank: int, main_func: Callable[..., Any], world_size: int, num_gpus_per_machine: int,
                         machine_rank: int, dist_url: str, args: tuple, use_cuda: bool) -> None:
-    from fastreid.utils import comm
-
     global_rank = machine_rank * num_gpus_per_machine + local_rank
     kwargs: dict[str, Any] = {}
     if not use_cuda and "OMP_NUM_THREADS" not in os.environ:

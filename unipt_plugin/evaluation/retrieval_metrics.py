@@ -1,6 +1,6 @@
 """Exact cross-modal retrieval metrics (CMC Rank-k, mAP, mINP) without sorting the score matrix.
 
-Definitions (method-notes section 4), for one query with ``P`` positives ranked ``r_1 < ... < r_P``
+Definitions (docs/evaluation.md, Metrics), for one query with ``P`` positives ranked ``r_1 < ... < r_P``
 (1-based ranks in the gallery ordered by decreasing score):
 
 * CMC Rank-k = 1 if ``r_1 <= k`` else 0;

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -27,6 +28,8 @@ from typing import Any, Callable, Iterator, Sequence
 from torch.utils.data import DataLoader
 
 from ..utils.io import atomic_open, atomic_write_json
+from tqdm import tqdm
+
 from .combine import CaptionBuilder
 from .conquer import ClipConquer
 from .image_list import ImageListDataset
@@ -117,6 +120,34 @@ def _chunk_done(path: Path, files: list[str]) -> bool:
         return False
 
 
+class _ProgressLog:
+    """What the image pass reports when the tqdm bar is off: a log line "<desc>: <done>/<total>
+    images, <rate> img/s, eta H:MM:SS" every ``every_s`` seconds and once at the end (the same
+    ``update(n)`` / ``close()`` calls as a tqdm bar). The rate counts the images of this run only."""
+
+    def __init__(self, total: int, initial: int, desc: str, every_s: float = 10.0) -> None:
+        self.total, self.done, self.desc, self.every_s = total, initial, desc, every_s
+        self._initial = initial
+        self._start = self._last = time.monotonic()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self._last >= self.every_s:
+            self._last = now
+            self._log(now)
+
+    def close(self) -> None:
+        if self.done > self._initial:
+            self._log(time.monotonic())
+
+    def _log(self, now: float) -> None:
+        rate = (self.done - self._initial) / max(now - self._start, 1e-9)
+        eta = int((self.total - self.done) / rate) if rate > 0 else 0
+        logger.info("%s: %d/%d images, %.1f img/s, eta %d:%02d:%02d", self.desc, self.done, self.total, rate,
+                    eta // 3600, eta // 60 % 60, eta % 60)
+
+
 def _process_chunk(files: list[str], image_root: Path, conq: Conqueror, builder: CaptionBuilder, settings: RunSettings,
                    batch_size: int, num_workers: int, progress: Any) -> dict[str, Any]:
     dataset = ImageListDataset(image_root, files, conq.transform, conq.image_shape)
@@ -165,11 +196,11 @@ def run_shard(files: Sequence[str], image_root: str | os.PathLike, work_dir: str
     progress = None
     if todo:
         conq = make_conqueror()
+        done_images = sum(len(c) for j, c in enumerate(chunks) if j not in set(todo))
         if show_progress:
-            from tqdm import tqdm
-
-            done_images = sum(len(c) for j, c in enumerate(chunks) if j not in set(todo))
             progress = tqdm(total=len(mine), initial=done_images, unit="img", desc=f"shard {shard}/{num_shards}")
+        else:
+            progress = _ProgressLog(len(mine), done_images, f"shard {shard}/{num_shards}")
         try:
             for j in todo:
                 if stop_after_chunks is not None and stats["new_chunks"] >= stop_after_chunks:

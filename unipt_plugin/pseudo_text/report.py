@@ -10,8 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..utils.io import atomic_open, atomic_write_json, atomic_write_text
-from .vocabulary import NEGATIVE_ID, Vocabulary
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display (as utils/plots.py)
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ..utils.io import atomic_open, atomic_write_json, atomic_write_text  # noqa: E402
+from .vocabulary import NEGATIVE_ID, Vocabulary  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -95,11 +100,6 @@ def _save_png(fig: Any, path: Path) -> None:
 
 
 def _plot(s: Mapping[str, Any], vocab: Vocabulary, out_dir: Path, top_k: int) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     paths = []
     names = list(s["optional_occurrences"])
     fig, ax = plt.subplots(figsize=(7, 3.5))

@@ -7,6 +7,12 @@ import os
 import statistics
 from typing import Mapping, Sequence
 
+from fastreid.data.datasets import DATASET_REGISTRY
+
+from ..engine import setup_cfg
+from ..search.encoder import SearchEncoder, load_model
+from ..search.pipeline import dataset_gallery, search_texts
+from ..search.render import render_grid_png
 from ..utils.io import atomic_write_text
 from ..utils.plots import plot_loss_curves, plot_metric_bars
 
@@ -37,13 +43,6 @@ def results_table(results: Mapping[str, Mapping[int, Mapping[str, float]]]) -> s
 def retrieval_grid(finetune_dir: str, data_root: str, out_png: str, num_queries: int = 5, topk: int = 5) -> list:
     """Top-``topk`` test-gallery images for the first caption of ``num_queries`` test persons,
     ranked by the run's final model; each hit is marked correct (same person) or not."""
-    from fastreid.data.datasets import DATASET_REGISTRY
-
-    from ..engine import setup_cfg
-    from ..search.encoder import SearchEncoder, load_model
-    from ..search.pipeline import dataset_gallery, search_texts
-    from ..search.render import render_grid_png
-
     cfg = setup_cfg(os.path.join(finetune_dir, "config.yaml"), ["DATASETS.ROOT", data_root, "MODEL.HEADS.NUM_CLASSES", "0"])
     model = load_model(cfg, os.path.join(finetune_dir, "model_final.pth"))
     encoder = SearchEncoder(model, cfg)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import IO, Any, Iterator, Mapping
 
 import torch
+from safetensors.torch import load_file
 
 __all__ = [
     "atomic_open",
@@ -94,8 +95,6 @@ def load_weights_file(path: str | os.PathLike, map_location: str | torch.device 
     if path.stat().st_size == 0:
         raise ValueError(f"{path}: empty file (0 bytes); expected a checkpoint written by torch.save, or .safetensors")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return load_file(str(path), device=str(map_location))
     try:
         return torch.load(str(path), map_location=map_location, weights_only=True)

@@ -31,17 +31,25 @@ joined into a temporary file next to the output, then renamed over it).
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from PIL import Image
+from tqdm import tqdm
 
+from ...config import get_unipt_cfg
+from ...utils.io import atomic_open, atomic_write_json
 from ..transforms import ImageReadError
 from .base import DatasetFormatError
 
@@ -65,7 +73,6 @@ _PACK_VERSION = 1
 
 def arrow_schema() -> Any:
     """The schema :func:`pack_luperson_t` writes (a ``pyarrow.Schema``)."""
-    import pyarrow as pa
 
     return pa.schema([("image", pa.binary()), ("caption", pa.list_(pa.string())), ("image_id", pa.int64()),
                       ("split", pa.string())])
@@ -90,7 +97,6 @@ class _PackedFile:
     """One packed file opened by this process: its record batches' row ranges and image offsets."""
 
     def __init__(self, path: str) -> None:
-        import pyarrow as pa
 
         self.path = path
         self.pid = os.getpid()
@@ -115,7 +121,6 @@ class _PackedFile:
         self.fd = os.open(path, os.O_RDONLY)
 
     def _batch(self, i: int) -> "_Batch":
-        import pyarrow as pa
 
         batch = self.batches[i]
         if batch is None:
@@ -203,8 +208,6 @@ _WHITESPACE: list[str] = []
 def _python_whitespace() -> list[str]:
     """Every character ``str.isspace`` accepts (what ``str.strip`` removes), computed once."""
     if not _WHITESPACE:
-        import sys
-
         _WHITESPACE.extend(c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace())
     return _WHITESPACE
 
@@ -212,8 +215,6 @@ def _python_whitespace() -> list[str]:
 def _clean_captions(chunks: Sequence[Any]) -> tuple[np.ndarray, tuple[str, np.ndarray, np.ndarray]] | None:
     """``(counts, str field)`` of the captions (ListArray chunks, in row order) when none needs
     cleaning, else None. Reads the mapped buffers in place; copies only the caption bytes."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
 
     counts, views = [], []
     for caps in chunks:
@@ -256,7 +257,6 @@ def _fail(name: str, path: str, what: str) -> DatasetFormatError:
 
 def _null_rows(chunked: Any) -> list[int]:
     """Row indices of the nulls of a ChunkedArray (first few)."""
-    import pyarrow.compute as pc
 
     mask = pc.is_null(chunked).to_numpy(zero_copy_only=False)
     return np.flatnonzero(mask)[:5].tolist()
@@ -270,8 +270,6 @@ def read_packed_annotations(path: str, name: str = "LUPersonT") -> PackedAnnotat
             nulls, a split value other than train / val / test, a repeated image_id; each names
             the file, the column and the rows / value.
     """
-    import pyarrow as pa
-    import pyarrow.compute as pc
 
     path = os.path.abspath(path)
     try:
@@ -346,8 +344,6 @@ def check_packed_images(path: str, rows: np.ndarray, name: str = "LUPersonT") ->
 
     Only the value offsets of the image column are read, not the images.
     """
-    import pyarrow as pa
-    import pyarrow.compute as pc
 
     with pa.memory_map(path, "r") as mm:
         column = pa.ipc.open_file(mm).read_all().column("image")
@@ -385,10 +381,6 @@ def _read_file(path: str, decode_check: bool) -> bytes:
     if not data:
         raise ImageReadError(f"image file is empty (0 bytes): {path}")
     if decode_check:
-        import io
-
-        from PIL import Image
-
         try:
             with Image.open(io.BytesIO(data)) as img:
                 img.load()
@@ -400,8 +392,7 @@ def _read_file(path: str, decode_check: bool) -> bytes:
 def _images_of(annotation: str, image_dir: str) -> tuple[list[str], list[list[str]]]:
     """(image paths, captions per image) as the JSON layout's LUPersonT reads them (validated, every
     listed image checked to exist; images without a non-empty caption left out)."""
-    from ...config import get_unipt_cfg
-    from .luperson_t import LUPersonT
+    from .luperson_t import LUPersonT  # (circular: luperson_t imports this module)
 
     cfg = get_unipt_cfg()
     cfg.DATASETS.LUPERSON_T.ANNOTATION = os.path.abspath(annotation)
@@ -424,9 +415,6 @@ def _images_of(annotation: str, image_dir: str) -> tuple[list[str], list[list[st
 def _write_part(path: str, paths: Sequence[str], captions: Sequence[list[str]], first_id: int,
                 batch_bytes: int, decode_check: bool, on_image: Callable[[], None]) -> None:
     """Rows ``first_id``.. of the packed layout -> ``path`` (atomically)."""
-    import pyarrow as pa
-
-    from ...utils.io import atomic_open
 
     schema = arrow_schema()
     with atomic_open(path, "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
@@ -476,9 +464,6 @@ def pack_luperson_t(annotation: str, image_dir: str, output: str, rows_per_part:
         FileNotFoundError / ImageReadError / OSError naming the image that is missing, empty,
         unreadable (or, with ``decode_check``, not decodable); DatasetFormatError for the JSON.
     """
-    import pyarrow as pa
-
-    from ...utils.io import atomic_open, atomic_write_json
 
     if rows_per_part < 1 or batch_bytes < 1:
         raise ValueError(f"rows_per_part ({rows_per_part}) and batch_bytes ({batch_bytes}) must be >= 1")
@@ -517,8 +502,6 @@ def pack_luperson_t(annotation: str, image_dir: str, output: str, rows_per_part:
         logger.info("pack: continuing an interrupted pack: %d of %d parts already written", reused, num_parts)
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(paths), desc=f"packing {os.path.basename(output)}", unit="img", mininterval=1.0)
     tick = (lambda: bar.update(1)) if bar is not None else (lambda: None)
     for k, part in enumerate(part_paths):

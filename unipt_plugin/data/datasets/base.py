@@ -1,7 +1,7 @@
 """``TextImageDataset``: parses a raw text-image ReID annotation file into train / query / gallery.
 
 A subclass names its folder under the datasets root, its annotation file, the key of the image
-path and which splits are its training and test splits (method-notes section 5). Construction
+path and which splits are its training and test splits (datasets/README.md). Construction
 reads and validates everything; the results are ``PackedItems`` (unipt_plugin/data/serialize.py:
 read-only sequences of tuples in flat buffers, so that DataLoader workers do not copy them;
 they iterate, index, unpack and compare with ``==`` like lists of tuples):
@@ -40,6 +40,7 @@ terminal, otherwise a log line every 10 s).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import itertools
 import json
@@ -54,6 +55,7 @@ from typing import Any
 import numpy as np
 from tabulate import tabulate
 from termcolor import colored
+from tqdm import tqdm
 
 from ..serialize import GALLERY_ITEM, QUERY_ITEM, TRAIN_ITEM, PackedItems
 
@@ -119,8 +121,6 @@ def _release_freed_memory() -> None:
     Parsing frees hundreds of MiB of small blocks that glibc would otherwise keep mapped (and
     counted in the process's resident memory) after the dataset is built."""
     try:
-        import ctypes
-
         ctypes.CDLL(None).malloc_trim(0)  # the process's own symbols: libc's, where it is glibc
     except (OSError, AttributeError, TypeError):
         pass
@@ -141,8 +141,6 @@ class _Progress:
             return
         if sys.stderr is not None and sys.stderr.isatty():
             if self.bar is None:
-                from tqdm import tqdm
-
                 self.bar = tqdm(total=self.total, desc=self.desc, unit=self.unit, unit_scale=True, leave=False,
                                 mininterval=0.5)
             self.bar.update(done - self.bar.n)
@@ -580,7 +578,7 @@ class TextImageDataset:
     def _log_table(self, rows: list[list[Any]]) -> None:
         headers = ["subset", "# ids", "# images", "# captions"]
         table = tabulate(rows, tablefmt="pipe", headers=headers, numalign="left")
-        logger.info(f"=> Loaded {self.name} in csv format: \n" + colored(table, "cyan"))
+        logger.info(f"=> Loaded {self.name}:\n" + colored(table, "cyan"))
 
     def train_statistics(self) -> list[Any]:
         return ["train", self.num_classes, self.num_train_images, len(self.train)]

@@ -1,4 +1,4 @@
-"""CUHK-PEDES from its raw ``reid_raw.json`` (method-notes section 5).
+"""CUHK-PEDES from its raw ``reid_raw.json`` (datasets/README.md, CUHK-PEDES).
 
 ``<root>/CUHK-PEDES/reid_raw.json``: a JSON list of ``{"split": "train"|"val"|"test",
 "captions": [str, ...], "file_path": "CUHK01/0363004.png", "processed_tokens": [...], "id": int}``

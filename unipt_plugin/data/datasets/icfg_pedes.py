@@ -1,4 +1,4 @@
-"""ICFG-PEDES from its raw ``ICFG-PEDES.json`` (method-notes section 5).
+"""ICFG-PEDES from its raw ``ICFG-PEDES.json`` (datasets/README.md, ICFG-PEDES).
 
 ``<root>/ICFG-PEDES/ICFG-PEDES.json``: a JSON list of ``{"split": "train"|"test",
 "captions": [str], "file_path": "train/0012/0012_010_01_0303morning_0015_1.jpg",

@@ -1,4 +1,4 @@
-"""LUPerson-T (pseudo-text pre-training data, method-notes section 1), in either of two layouts.
+"""LUPerson-T (pseudo-text pre-training data: datasets/README.md, LUPerson-T), in either of two layouts.
 
 - **JSON + image folder**: DATASETS.LUPERSON_T.ANNOTATION is a JSON list of
   ``{"file_path": str, "captions": [str, ...]}`` with paths relative to
@@ -25,6 +25,7 @@ import numpy as np
 from fastreid.data.datasets import DATASET_REGISTRY
 
 from ..serialize import TRAIN_ITEM, PackedItems, pack_strings
+from .arrow_layout import COLUMNS, PACKED_SUFFIX, check_packed_images, image_ref, read_packed_annotations
 from .base import SplitImages, TextImageDataset, _CaptionCounts
 
 __all__ = ["LUPersonT"]
@@ -49,8 +50,6 @@ class LUPersonT(TextImageDataset):
         node = getattr(getattr(cfg, "DATASETS", None), "LUPERSON_T", None)
         self.annotation_file = str(getattr(node, "ANNOTATION", _DEFAULT_ANNOTATION))
         self.image_subdir = str(getattr(node, "IMAGE_DIR", _DEFAULT_IMAGE_DIR))
-        from .arrow_layout import PACKED_SUFFIX
-
         #: True when ANNOTATION names a packed Arrow file
         self.packed = self.annotation_file.lower().endswith(PACKED_SUFFIX)
         super().__init__(root, cfg, **kwargs)
@@ -66,8 +65,6 @@ class LUPersonT(TextImageDataset):
 
     def expected_layout(self) -> str:
         if self.packed:
-            from .arrow_layout import COLUMNS
-
             return (f"  <DATASETS.ROOT>/{self.folder}/{self.annotation_file}  (DATASETS.LUPERSON_T.ANNOTATION, "
                     "ending in .arrow: the packed layout)\n"
                     f"  an Arrow IPC file, one row per image, columns {COLUMNS}\n"
@@ -82,8 +79,6 @@ class LUPersonT(TextImageDataset):
     def read_splits(self) -> dict[str, SplitImages]:
         if not self.packed:
             return super().read_splits()
-        from .arrow_layout import image_ref, read_packed_annotations
-
         packed = read_packed_annotations(self.annotation_path, self.name)
         images = SplitImages()
         rows = packed.rows.tolist()
@@ -132,6 +127,4 @@ class LUPersonT(TextImageDataset):
     def verify_images(self, splits: Sequence[SplitImages]) -> None:
         if not self.packed:
             return super().verify_images(splits)
-        from .arrow_layout import check_packed_images
-
         check_packed_images(self.annotation_path, np.asarray(splits[0].entries, dtype=np.int64), self.name)

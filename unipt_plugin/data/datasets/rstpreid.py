@@ -1,4 +1,4 @@
-"""RSTPReid from its raw ``data_captions.json`` (method-notes section 5).
+"""RSTPReid from its raw ``data_captions.json`` (datasets/README.md, RSTPReid).
 
 ``<root>/RSTPReid/data_captions.json``: a JSON list of ``{"id": int, "img_path":
 "0000_c14_0031.jpg", "captions": [str, str], "split": "train"|"val"|"test"}`` (note the key
