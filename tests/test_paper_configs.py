@@ -81,6 +81,9 @@ def test_every_paper_config_loads_with_paper_settings(folder: str, backbone: str
         assert s.IMS_PER_BATCH == 512 and s.MAX_EPOCH == 15
         assert cfg.MODEL.PRETRAIN.EMBED_DIM == 768 and cfg.MODEL.PRETRAIN.TEMPERATURE == 1.0
         assert cfg.MODEL.PRETRAIN.MLM_PROB == pytest.approx(0.15) and cfg.MODEL.PRETRAIN.MLM_WEIGHT == 1.0
+        # the authors' ViT regularisation and projection init (tests/test_authors_settings.py)
+        assert (cfg.MODEL.VISUAL.DROPOUT, cfg.MODEL.VISUAL.DROP_PATH) == (0.1, 0.0)
+        assert cfg.MODEL.PRETRAIN.PROJ_INIT == "normal"
         assert cfg.DATASETS.NAMES == ("LUPersonT",)
     else:
         assert cfg.MODEL.META_ARCHITECTURE == "UniPTT2I"
@@ -91,6 +94,10 @@ def test_every_paper_config_loads_with_paper_settings(folder: str, backbone: str
         assert cfg.MODEL.T2I.RANK_MARGIN == pytest.approx(0.2)
         assert cfg.MODEL.T2I.EMBED_DIM == 512
         assert (cfg.MODEL.PGU.NUM_PROTOTYPES, cfg.MODEL.PGU.NUM_LAYERS, cfg.MODEL.PGU.PART_DIM) == (6, 2, 512)
+        # LGUR's PGU and part learning rate (tests/test_authors_settings.py)
+        p = cfg.MODEL.PGU
+        assert (p.NUM_HEADS, p.HEAD_DIM, p.QKV_BIAS, p.FFN_DIM, p.DROPOUT) == (6, 512, False, 512, 0.0)
+        assert (p.IMAGE_TOKENS, p.PART_INIT, s.PART_LR) == ("patches", "kaiming_normal", 1e-3)
         name = {"CUHK-PEDES": "CUHKPEDES", "ICFG-PEDES": "ICFGPEDES", "RSTPReid": "RSTPReid"}[folder]
         assert cfg.DATASETS.NAMES == (name,) and cfg.DATASETS.TESTS == (name,)
         # Fine-tuning starts from the matching pre-training checkpoint.
@@ -173,6 +180,9 @@ def test_t2i_model_shapes(request, name: str, backbone: str) -> None:
     assert tuple(pgu.part_proj.shape) == (6, 512, 384)
     assert tuple(pgu.input_proj["image"].weight.shape) == (384, width)
     assert tuple(pgu.input_proj["text"].weight.shape) == (384, 768)
+    attn = pgu.layers[0].attn  # 6 heads x 512, bias-free q/k/v (LGUR)
+    assert tuple(attn.q_proj.weight.shape) == (3072, 384) and attn.q_proj.bias is None
+    assert tuple(pgu.layers[0].ffn[0].weight.shape) == (512, 384) and pgu.image_tokens == "patches"
     if backbone == "vit_base":
         assert abs(_count(model.visual) - 86e6) / 86e6 < 0.02  # ViT-B/16: 86M
 

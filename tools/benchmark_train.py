@@ -39,7 +39,7 @@ JPEG images of random noise at the config's training size, 2 captions each, 2 im
 file: ViT-B/16 (timm ``vit_base_patch16_384``) at 384x128, a text encoder with BERT-base's
 architecture (``SmallBertTextEncoder``, 768 wide, 12 layers, 12 heads, 3072 FFN, as
 ``tests/test_paper_configs.py`` builds it), the paper's head sizes (PRETRAIN.EMBED_DIM 768,
-T2I.EMBED_DIM 512, PGU 6 x 512), 100-token captions, SOLVER.IMS_PER_BATCH 64 (the per-GPU batch)
+T2I.EMBED_DIM 512, the authors' PGU: 6 prototypes, 6 heads x 512), 100-token captions, SOLVER.IMS_PER_BATCH 64 (the per-GPU batch)
 and AMP on (CUDA only: ``setup_cfg`` turns AMP off on the CPU). The meta-architecture, losses and
 solver stay the config's. ``--dtype`` sets SOLVER.AMP.DTYPE. ``KEY VALUE`` overrides are applied
 after both, so they win.
@@ -94,8 +94,11 @@ PAPER_MODEL_OPTS: tuple[str, ...] = (
     "MODEL.TEXT.HIDDEN_SIZE", "768", "MODEL.TEXT.NUM_LAYERS", "12", "MODEL.TEXT.NUM_HEADS", "12",
     "MODEL.TEXT.INTERMEDIATE_SIZE", "3072",
     "MODEL.PRETRAIN.EMBED_DIM", "768", "MODEL.T2I.EMBED_DIM", "512",
+    # the authors' PGU (configs/Base-UniPT-T2I.yml, docs/choices.md)
     "MODEL.PGU.NUM_PROTOTYPES", "6", "MODEL.PGU.NUM_LAYERS", "2", "MODEL.PGU.DIM", "384",
-    "MODEL.PGU.NUM_HEADS", "8", "MODEL.PGU.FFN_DIM", "1536", "MODEL.PGU.PART_DIM", "512",
+    "MODEL.PGU.NUM_HEADS", "6", "MODEL.PGU.HEAD_DIM", "512", "MODEL.PGU.QKV_BIAS", "False",
+    "MODEL.PGU.FFN_DIM", "512", "MODEL.PGU.DROPOUT", "0.0", "MODEL.PGU.IMAGE_TOKENS", "patches",
+    "MODEL.PGU.PART_INIT", "kaiming_normal", "MODEL.PGU.PART_DIM", "512",
     "INPUT.SIZE_TRAIN", "[384, 128]", "INPUT.SIZE_TEST", "[384, 128]",
     "INPUT.TEXT.TOKENIZER", "bert", "INPUT.TEXT.MAX_LENGTH", "100",
     "SOLVER.IMS_PER_BATCH", "64", "SOLVER.AMP.ENABLED", "True",

@@ -334,6 +334,13 @@ def _load_json(path: str) -> Any:
         return json.load(f)
 
 
+def _eval_results(output_dir: str) -> dict[str, float]:
+    """The metrics of the run's one test set (``eval_results.json``, written by UniPTTrainer.test)."""
+    from unipt_plugin.evaluation.results import read_eval_results
+
+    return read_eval_results(output_dir)
+
+
 # ------------------------------------------------------------------------------------ training runs
 
 def _device_opts(ctx: Context) -> list[str]:
@@ -434,7 +441,7 @@ def step_finetune(ctx: Context) -> str:
                                    *_finetune_opts(ctx, out)])
     check_proc(p, "tools/train_net.py")
     line = _check_log(ctx, out)
-    results = _load_json(os.path.join(out, "eval_results.json"))
+    results = _eval_results(out)
     return f"{_speed(out)}, Rank-1 {results['Rank-1']:.1f}; log.txt: {_short(line)}"
 
 
@@ -509,7 +516,7 @@ def step_ddp2(ctx: Context) -> str:
     check_proc(p, "tools/train_net.py --num-gpus 2")
     line = _check_log(ctx, out, processes=2)
     backend = "NCCL" if ctx.device == "cuda" else "gloo (CPU)"
-    results = _load_json(os.path.join(out, "eval_results.json"))
+    results = _eval_results(out)
     return f"2 processes, {backend}: {_speed(out)}, Rank-1 {results['Rank-1']:.1f}; log.txt: {_short(line)}"
 
 
@@ -520,8 +527,8 @@ def step_eval_only(ctx: Context) -> str:
                                     "--eval-only", *_device_opts(ctx),
                                     "MODEL.WEIGHTS", os.path.join(trained, "model_final.pth"), "OUTPUT_DIR", out])
     check_proc(p, "tools/train_net.py --eval-only")
-    a = _load_json(os.path.join(trained, "eval_results.json"))
-    b = _load_json(os.path.join(out, "eval_results.json"))
+    a = _eval_results(trained)
+    b = _eval_results(out)
     keys = [k for k in a if isinstance(a[k], (int, float))]
     if not keys or set(keys) - set(b):
         raise StepFailed(f"metrics differ in keys: training {sorted(a)}, eval-only {sorted(b)}")

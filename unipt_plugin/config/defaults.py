@@ -98,6 +98,10 @@ def add_unipt_config(cfg: CN) -> CN:
     _C.MODEL.VISUAL.STRIDE = 16
     # Stochastic depth rate.
     _C.MODEL.VISUAL.DROP_PATH = 0.1
+    # Dropout in the blocks of the timm ViT/DeiT (timm's proj_drop_rate: after each attention
+    # output projection and both MLP layers), where the authors' ViT applies its drop_rate; none
+    # after the position embedding or on the attention probabilities. 0 = none. timm backbone only.
+    _C.MODEL.VISUAL.DROPOUT = 0.0
     # Overrides for small variants (0 = the architecture's own value).
     _C.MODEL.VISUAL.DEPTH = 0
     _C.MODEL.VISUAL.EMBED_DIM = 0
@@ -138,6 +142,9 @@ def add_unipt_config(cfg: CN) -> CN:
     _C.MODEL.PRETRAIN = CN()
     # Width of the per-token projection (the paper's "1x1 convolution"), Linear(C, D) with bias.
     _C.MODEL.PRETRAIN.EMBED_DIM = 768
+    # Init of those two projections: "default" (PyTorch's Linear init) or "normal" (weights
+    # N(0, 0.02), bias 0, as the authors' code).
+    _C.MODEL.PRETRAIN.PROJ_INIT = "default"
     # Max-pool over real tokens only (True) or over every position incl. padding, as the
     # authors' code does (False).
     _C.MODEL.PRETRAIN.POOL_MASK_PADDING = True
@@ -155,6 +162,11 @@ def add_unipt_config(cfg: CN) -> CN:
     _C.MODEL.PRETRAIN.MLM_RANDOM_TOKEN_PROB = 0.1
     # Mask whole words (all WordPiece pieces of a word together).
     _C.MODEL.PRETRAIN.WHOLE_WORD_MASK = True
+    # Which tokens MLM selects: "independent" (each word with probability MLM_PROB on its own),
+    # "budget" (transformers' DataCollatorForWholeWordMask: shuffled whole words up to round(n *
+    # MLM_PROB) of a caption's n tokens; needs the BERT tokenizer and WHOLE_WORD_MASK) or
+    # "budget_padded" (the same over the caption padded to INPUT.TEXT.MAX_LENGTH: the authors').
+    _C.MODEL.PRETRAIN.MLM_SELECTION = "independent"
 
     # ------------------------------------------------------------------ T2I fine-tuning
     _C.MODEL.T2I = CN()
@@ -192,9 +204,23 @@ def add_unipt_config(cfg: CN) -> CN:
     _C.MODEL.PGU.NUM_LAYERS = 2
     # Width inside the decoder (tokens are projected to it); 0 = the visual token width.
     _C.MODEL.PGU.DIM = 384
+    # Attention heads of the cross-attention.
     _C.MODEL.PGU.NUM_HEADS = 8
+    # Width of each head; 0 = DIM / NUM_HEADS (attention inner width DIM). The authors: 512
+    # (6 heads x 512 = 3,072 inner width, projected back to DIM).
+    _C.MODEL.PGU.HEAD_DIM = 0
+    # Bias in the query / key / value projections (the output projection always has one).
+    _C.MODEL.PGU.QKV_BIAS = True
+    # Hidden width of each layer's Linear-ReLU-Linear feed-forward.
     _C.MODEL.PGU.FFN_DIM = 1536
+    # Dropout in the decoder (attention probabilities, after the attention, in and after the feed-forward).
     _C.MODEL.PGU.DROPOUT = 0.1
+    # Image tokens the PGU attends to: "all" (class token and patch tokens) or "patches" (the
+    # class token dropped, as the authors).
+    _C.MODEL.PGU.IMAGE_TOKENS = "all"
+    # Init of the per-prototype part projections: "default" (uniform, PyTorch's Linear init) or
+    # "kaiming_normal" (N(0, 2 / PART_DIM): Kaiming normal, fan-out mode, ReLU gain, as the authors).
+    _C.MODEL.PGU.PART_INIT = "default"
     # Output dimension of each prototype's 1x1 projection (6 x 512 = 3072 concatenated).
     _C.MODEL.PGU.PART_DIM = 512
 
@@ -202,6 +228,10 @@ def add_unipt_config(cfg: CN) -> CN:
     # Per-module learning rates (0 = SOLVER.BASE_LR, which applies to heads and PGU).
     _C.SOLVER.VISUAL_LR = 0.0
     _C.SOLVER.TEXT_LR = 0.0
+    # Learning rate of the PGU's part projections and the part classifiers, in their own groups
+    # ("parts", ...); 0 = they stay in the head groups (BASE_LR x HEADS_LR_FACTOR). Not scaled by
+    # HEADS_LR_FACTOR; biases x BIAS_LR_FACTOR (solver/build.py).
+    _C.SOLVER.PART_LR = 0.0
     # Adam/AdamW betas and eps (pre-training: (0.9, 0.98), 1e-8).
     _C.SOLVER.BETAS = [0.9, 0.999]
     _C.SOLVER.EPS = 1e-8
@@ -215,6 +245,7 @@ def add_unipt_config(cfg: CN) -> CN:
     _C.SOLVER.BIAS_LR_FACTOR = 1.0
     # fast-reid's learning-rate multiplier of the heads: here every parameter outside the visual
     # and text encoders (projections, classifiers, PGU, MLM head, temperature), on BASE_LR; 1 = none.
+    # With SOLVER.PART_LR > 0 the part projections and part classifiers leave the head (not scaled).
     _C.SOLVER.HEADS_LR_FACTOR = 1.0
     # fast-reid's per-iteration warm-up of its per-epoch schedules (MultiStepLR, CosineAnnealingLR):
     # none by default (fast-reid's 1000 suits its image-ReID recipes); refused with WarmupLinearLR.

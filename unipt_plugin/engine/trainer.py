@@ -183,7 +183,9 @@ class UniPTTrainer(DefaultTrainer):
     @classmethod
     def test(cls, cfg, model):
         """Evaluate ``model`` on every dataset of cfg.DATASETS.TESTS (every process takes part;
-        every process gets the results) and write them to ``OUTPUT_DIR/eval_results.json``."""
+        every process gets the results) and write them to ``OUTPUT_DIR/eval_results.json``, one
+        entry per dataset name also for a single one (read it with ``read_eval_results``). Returns
+        fast-reid's form: {name: metrics}, or a single test set's metrics unnested."""
         results = OrderedDict()
         for dataset_name in cfg.DATASETS.TESTS:
             logger.info("Prepare testing set")
@@ -193,10 +195,10 @@ class UniPTTrainer(DefaultTrainer):
             if comm.is_main_process() and results_i:
                 logger.info("Evaluation results for %s in csv format:", dataset_name)
                 print_csv_format(OrderedDict(results_i, dataset=dataset_name))
-        if len(results) == 1:
-            results = list(results.values())[0]
         if comm.is_main_process() and cfg.OUTPUT_DIR and results:
             atomic_write_json(os.path.join(cfg.OUTPUT_DIR, "eval_results.json"), results, indent=2)
+        if len(results) == 1:
+            results = list(results.values())[0]
         return results
 
     def resume_or_load(self, resume: bool = True) -> None:
@@ -244,7 +246,8 @@ class UniPTTrainer(DefaultTrainer):
         ``DefaultTrainer.build_hooks``): iteration timer; the LR scheduler (per iteration for
         WarmupLinearLR, else fast-reid's per-epoch hook with its warm-up); fast-reid's LayerFreeze
         (MODEL.FREEZE_LAYERS for SOLVER.FREEZE_ITERS iterations); evaluation every TEST.EVAL_PERIOD
-        epochs (none without DATASETS.TESTS: pre-training); the RNG-state gather (every process,
+        epochs (0: at the end of training only; none without DATASETS.TESTS: pre-training, unless
+        it names test sets for zero-shot evaluation); the RNG-state gather (every process,
         after evaluation, before the checkpoint); on the main process the checkpointer (every
         SOLVER.CHECKPOINT_PERIOD epochs) and the writers (console every SOLVER.LOG_PERIOD
         iterations); last, pre-emption, which acts after this
@@ -258,7 +261,9 @@ class UniPTTrainer(DefaultTrainer):
         if len(cfg.MODEL.FREEZE_LAYERS) > 0 and cfg.SOLVER.FREEZE_ITERS > 0:
             ret.append(LayerFreeze(self.model, cfg.MODEL.FREEZE_LAYERS, cfg.SOLVER.FREEZE_ITERS))
         if cfg.DATASETS.TESTS:
-            ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, self._test_and_save_results))
+            # fast-reid's EvalHook divides by the period: 0 (the pre-training configs) = the last epoch.
+            period = int(cfg.TEST.EVAL_PERIOD) or max(1, self.max_epoch)
+            ret.append(hooks.EvalHook(period, self._test_and_save_results))
         else:
             self._last_eval_results = OrderedDict()
         ret.append(RNGStateHook(self.checkpointer))

@@ -1,6 +1,7 @@
 """Text-to-image retrieval evaluation."""
+from .results import EVAL_RESULTS_FILE, read_eval_results
 from .retrieval_metrics import image_to_text, retrieval_metrics
 from .t2i_evaluator import TextToImageEvaluator, all_gather_rows, collective_device
 
 __all__ = ["retrieval_metrics", "image_to_text", "TextToImageEvaluator", "all_gather_rows",
-           "collective_device"]
+           "collective_device", "read_eval_results", "EVAL_RESULTS_FILE"]

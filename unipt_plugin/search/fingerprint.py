@@ -59,6 +59,7 @@ IGNORED_MODEL_KEYS = (
     "MODEL.PRETRAIN.MLM_MASK_TOKEN_PROB",
     "MODEL.PRETRAIN.MLM_RANDOM_TOKEN_PROB",
     "MODEL.PRETRAIN.WHOLE_WORD_MASK",
+    "MODEL.PRETRAIN.MLM_SELECTION",
 )
 
 # INPUT.* keys that change how a test image or a query is turned into a tensor.

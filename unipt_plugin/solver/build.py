@@ -3,8 +3,14 @@
 Parameter groups by module prefix ("part"): ``visual.`` (SOLVER.VISUAL_LR), ``text.``
 (SOLVER.TEXT_LR), and the "head": everything else (projections, classifiers, PGU, MLM head,
 temperature) at SOLVER.BASE_LR x SOLVER.HEADS_LR_FACTOR; a VISUAL_LR / TEXT_LR of 0 means
-BASE_LR. Within a part, fast-reid's keys with fast-reid's meaning
-(``fastreid.solver.build.get_default_optimizer_params``):
+BASE_LR. With SOLVER.PART_LR > 0 a fourth part, "parts", takes the PGU's part projections
+(``pgu.part_proj``) and the part classifiers (``part_classifiers.*``) out of the head, at
+PART_LR as given: like VISUAL_LR / TEXT_LR it is an absolute rate, not multiplied by
+HEADS_LR_FACTOR (which keeps scaling BASE_LR for the rest of the head), while BIAS_LR_FACTOR
+applies to the part classifiers' biases as to every part's biases. PART_LR = 0 (the default)
+leaves them in the head groups, at BASE_LR x HEADS_LR_FACTOR (biases x BIAS_LR_FACTOR), so the
+groups and their order are those of a config without the key. Within a part, fast-reid's keys
+with fast-reid's meaning (``fastreid.solver.build.get_default_optimizer_params``):
 
 * weights: SOLVER.WEIGHT_DECAY, the part's lr;
 * normalisation-layer weights: SOLVER.WEIGHT_DECAY_NORM, the part's lr;
@@ -15,7 +21,7 @@ BASE_LR. Within a part, fast-reid's keys with fast-reid's meaning
 A part's weights form one group (named after the part); its other parameters are grouped by
 (weight decay, lr): ``<part>_no_decay`` when they share one group without decay (the plugin's
 defaults, WEIGHT_DECAY_NORM = WEIGHT_DECAY_BIAS = 0), else ``<part>_<kinds>`` (e.g.
-``visual_norm``, ``head_bias+scalar``).
+``visual_norm``, ``head_bias+scalar``); with PART_LR > 0, ``parts`` and ``parts_no_decay``.
 
 fast-reid's SOLVER.FREEZE_ITERS with MODEL.FREEZE_LAYERS (top-level children of the model, e.g.
 "visual", "text"): the groups of those children's parameters are split off, named with a
@@ -45,8 +51,16 @@ __all__ = ["build_unipt_optimizer", "build_unipt_lr_scheduler", "param_group_spe
 _NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
                nn.modules.batchnorm._NormBase)  # _NormBase covers BatchNorm*/InstanceNorm*/SyncBN
 _OPTIMIZERS = {"Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}
-_PARTS = ("visual", "text", "head")  # "visual." and "text." prefixes; the head is the rest
+_PARTS = ("visual", "text", "head", "parts")  # "visual." and "text." prefixes; the head is the rest
 _KINDS = ("weight", "norm", "bias", "scalar")
+# The "parts" part (SOLVER.PART_LR > 0): the PGU's part projections and the part classifiers.
+_PART_PARAM_NAMES = ("pgu.part_proj",)
+_PART_PREFIXES = ("part_classifiers.",)
+
+
+def _is_part_param(name: str) -> bool:
+    """True for a parameter (its name without a "module." prefix) of the "parts" part."""
+    return name in _PART_PARAM_NAMES or name.startswith(_PART_PREFIXES)
 
 
 def _param_kinds(model: nn.Module) -> dict[int, str]:
@@ -90,11 +104,16 @@ def frozen_children(cfg, model: nn.Module) -> list[str]:
 def param_group_specs(cfg, model: nn.Module) -> list[dict[str, Any]]:
     """The parameter groups ({"name", "params", "lr", "weight_decay"}, plus "freeze_status" when
     layers are frozen) of ``model``'s trainable parameters, empty ones left out, ordered by part
-    (visual, text, head), frozen after not frozen, weights first, then the other kinds in the
-    order norm, bias, scalar; parameters in ``model.named_parameters()`` order within a group."""
+    (visual, text, head, parts), frozen after not frozen, weights first, then the other kinds in the
+    order norm, bias, scalar; parameters in ``model.named_parameters()`` order within a group.
+
+    Raises ValueError for a negative SOLVER.PART_LR."""
     s = cfg.SOLVER
+    if s.PART_LR < 0:
+        raise ValueError(f"SOLVER.PART_LR must be >= 0 (0 = the head's BASE_LR x HEADS_LR_FACTOR), got {s.PART_LR}")
+    split_parts = s.PART_LR > 0
     lrs = {"visual": s.VISUAL_LR or s.BASE_LR, "text": s.TEXT_LR or s.BASE_LR,
-           "head": s.BASE_LR * s.HEADS_LR_FACTOR}
+           "head": s.BASE_LR * s.HEADS_LR_FACTOR, "parts": s.PART_LR}
     frozen = frozen_children(cfg, model)
     kinds = _param_kinds(model)
     groups: dict[tuple, dict[str, Any]] = {}
@@ -104,6 +123,8 @@ def param_group_specs(cfg, model: nn.Module) -> list[dict[str, Any]]:
         bare = name.removeprefix("module.")
         child = bare.split(".", 1)[0]
         part = next((g for g in ("visual", "text") if bare.startswith(g + ".")), "head")
+        if part == "head" and split_parts and _is_part_param(bare):
+            part = "parts"
         kind = kinds[id(p)]
         lr = lrs[part] * (s.BIAS_LR_FACTOR if kind == "bias" else 1.0)
         wd = {"weight": s.WEIGHT_DECAY, "norm": s.WEIGHT_DECAY_NORM}.get(kind, s.WEIGHT_DECAY_BIAS)
@@ -111,6 +132,9 @@ def param_group_specs(cfg, model: nn.Module) -> list[dict[str, Any]]:
         group = groups.setdefault(key, {"params": [], "lr": lr, "weight_decay": wd, "kinds": set()})
         group["params"].append(p)
         group["kinds"].add(kind)
+    if split_parts and not any(k[0] == "parts" for k in groups):
+        logger.info("SOLVER.PART_LR %g: the model has no trainable part projections or part classifiers; "
+                    "nothing takes that rate", s.PART_LR)
     order = sorted(groups, key=lambda k: (_PARTS.index(k[0]), k[1], not k[2],
                                           min(_KINDS.index(x) for x in groups[k]["kinds"])))
     specs = []

@@ -83,6 +83,9 @@ class CLIPVisualBackbone(nn.Module):
     def from_config(cls, cfg) -> dict[str, Any]:
         """``__init__`` arguments from ``cfg.MODEL.VISUAL`` and ``cfg.INPUT.SIZE_TRAIN``."""
         v = cfg.MODEL.VISUAL
+        if float(v.DROPOUT) != 0:
+            raise ValueError(f"MODEL.VISUAL.DROPOUT = {v.DROPOUT}: the CLIP image tower has no dropout; leave it at 0 "
+                             f"with MODEL.BACKBONE.NAME build_clip_visual_backbone")
         return {"arch": v.ARCH, "image_size": tuple(cfg.INPUT.SIZE_TRAIN), "stride": v.STRIDE,
                 "grad_checkpointing": bool(v.GRAD_CHECKPOINTING),
                 "weights": v.WEIGHTS if encoder_weights_enabled() else ""}

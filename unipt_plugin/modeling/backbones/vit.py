@@ -3,7 +3,12 @@
 ``cfg.MODEL.VISUAL``: ``ARCH`` (a timm name: "vit_base_patch16_384", "deit_small_patch16_224",
 "vit_tiny_patch16_224" with ``DEPTH``/``EMBED_DIM``/``NUM_HEADS`` overrides for small test
 variants), ``STRIDE`` (patch stride; below the patch size gives overlapping patches through the
-patch-embedding convolution's stride), ``DROP_PATH``, ``WEIGHTS`` (local file, "" = random),
+patch-embedding convolution's stride), ``DROP_PATH``, ``DROPOUT`` (timm's ``proj_drop_rate``:
+dropout after every attention output projection and after both MLP layers of every block,
+where the authors' ViT applies its ``drop_rate`` on the path their pre-training runs, which
+has no dropout after the position embedding; so timm's ``pos_drop_rate`` stays 0, as do its
+``attn_drop_rate`` and its ``drop_rate``, the classification head's, unused here),
+``WEIGHTS`` (local file, "" = random),
 ``GRAD_CHECKPOINTING`` (timm's activation checkpointing of the transformer blocks: each block's
 activations are recomputed during backward instead of being kept).
 The model is built for ``cfg.INPUT.SIZE_TRAIN`` (H, W); a checkpoint's position embeddings
@@ -55,6 +60,7 @@ class ViTBackbone(nn.Module):
         image_size: tuple[int, int],
         stride: int = 16,
         drop_path: float = 0.0,
+        dropout: float = 0.0,
         depth: int = 0,
         embed_dim: int = 0,
         num_heads: int = 0,
@@ -65,8 +71,11 @@ class ViTBackbone(nn.Module):
         overrides = {k: v for k, v in (("depth", depth), ("embed_dim", embed_dim), ("num_heads", num_heads)) if v > 0}
         if not timm.is_model(arch):
             raise ValueError(f"MODEL.VISUAL.ARCH '{arch}' is not a timm architecture")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"MODEL.VISUAL.DROPOUT must be in [0, 1), got {dropout}")
         self.vit = timm.create_model(
-            arch, pretrained=False, img_size=tuple(image_size), drop_path_rate=drop_path, num_classes=0, **overrides
+            arch, pretrained=False, img_size=tuple(image_size), drop_path_rate=drop_path,
+            proj_drop_rate=float(dropout), num_classes=0, **overrides
         )
         if getattr(self.vit, "cls_token", None) is None:
             raise ValueError(f"timm architecture '{arch}' has no class token; the backbone needs one")
@@ -80,8 +89,9 @@ class ViTBackbone(nn.Module):
             self.vit.set_grad_checkpointing(True)
             logger.info("ViT backbone: gradient checkpointing of the %d blocks", len(self.vit.blocks))
         logger.info(
-            "ViT backbone %s: input %dx%d, patch %d stride %d, grid %dx%d, width %d, depth %d",
-            arch, image_size[0], image_size[1], patch, stride, *self.grid_size, self.out_dim, len(self.vit.blocks),
+            "ViT backbone %s: input %dx%d, patch %d stride %d, grid %dx%d, width %d, depth %d, drop-path %g, "
+            "dropout %g", arch, image_size[0], image_size[1], patch, stride, *self.grid_size, self.out_dim,
+            len(self.vit.blocks), drop_path, dropout,
         )
         if weights:
             self.load_weights(weights)
@@ -92,6 +102,7 @@ class ViTBackbone(nn.Module):
         v = cfg.MODEL.VISUAL
         return {
             "arch": v.ARCH, "image_size": tuple(cfg.INPUT.SIZE_TRAIN), "stride": v.STRIDE, "drop_path": v.DROP_PATH,
+            "dropout": v.DROPOUT,
             "depth": v.DEPTH, "embed_dim": v.EMBED_DIM, "num_heads": v.NUM_HEADS,
             "grad_checkpointing": bool(v.GRAD_CHECKPOINTING),
             "weights": v.WEIGHTS if encoder_weights_enabled() else "",

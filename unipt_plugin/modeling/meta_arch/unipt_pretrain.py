@@ -1,7 +1,8 @@
 """``UniPTPretrain``: image-text pre-training on LUPerson-T (paper section 4.1; docs/choices.md, Pre-training).
 
 Each encoder's tokens go through a per-token Linear(C, EMBED_DIM) with bias (the paper's
-"1x1 convolution"), are max-pooled over positions (padding masked when POOL_MASK_PADDING) and
+"1x1 convolution"; PyTorch's init, or N(0, 0.02) weights and zero bias as the authors' code with
+PROJ_INIT "normal"), are max-pooled over positions (padding masked when POOL_MASK_PADDING) and
 L2-normalised. Loss = L_con (Eq. 1, temperature TEMPERATURE, optionally learnable, negatives
 from every process when GATHER_NEGATIVES) + MLM_WEIGHT * L_mlm, the MLM loss computed on a
 second, text-only forward of the masked ids through an untied prediction head. The masks are
@@ -35,8 +36,15 @@ _MAX_LOGIT_SCALE = 100.0
 # Keys of a training batch that MLM needs (TrainCollator adds them).
 _MLM_KEYS = ("mlm_ids", "mlm_labels")
 
+# MODEL.PRETRAIN.PROJ_INIT values.
+_PROJ_INITS = ("default", "normal")
+# Std of the "normal" projection init (the authors' init_weights).
+_PROJ_INIT_STD = 0.02
 
-def _check_options(temperature: float, mlm_weight: float) -> None:
+
+def _check_options(temperature: float, mlm_weight: float, proj_init: str = "default") -> None:
+    if proj_init not in _PROJ_INITS:
+        raise ValueError(f"MODEL.PRETRAIN.PROJ_INIT must be one of {_PROJ_INITS}, got {proj_init!r}")
     if float(temperature) <= 0:
         raise ValueError(f"MODEL.PRETRAIN.TEMPERATURE must be > 0, got {temperature}")
     if float(mlm_weight) < 0:
@@ -72,9 +80,11 @@ class UniPTPretrain(nn.Module):
             ``out_dim`` and ``vocab_size``.
         embed_dim: MODEL.PRETRAIN.EMBED_DIM, the joint embedding's width.
         pixel_mean, pixel_std: MODEL.PIXEL_MEAN / PIXEL_STD (0-255 scale).
-        pool_mask_padding, gather_negatives, temperature, learnable_temperature, mlm_weight:
-            MODEL.PRETRAIN.{POOL_MASK_PADDING, GATHER_NEGATIVES, TEMPERATURE,
-            LEARNABLE_TEMPERATURE, MLM_WEIGHT}.
+        pool_mask_padding, gather_negatives, temperature, learnable_temperature, mlm_weight,
+            proj_init: MODEL.PRETRAIN.{POOL_MASK_PADDING, GATHER_NEGATIVES, TEMPERATURE,
+            LEARNABLE_TEMPERATURE, MLM_WEIGHT, PROJ_INIT} (PROJ_INIT: "default" keeps PyTorch's
+            init of ``image_proj`` / ``text_proj``, "normal" draws their weights N(0, 0.02) and
+            zeroes their biases).
         tokenizer_vocab_size: the vocabulary size of the tokenizer whose masked ids the training
             loader gives (INPUT.TEXT.TOKENIZER); with MLM on it must equal ``text.vocab_size``
             (the MLM head predicts the encoder's vocabulary and the loader draws random
@@ -94,14 +104,19 @@ class UniPTPretrain(nn.Module):
                  pixel_std: Sequence[float] = (127.5, 127.5, 127.5),
                  pool_mask_padding: bool = True, gather_negatives: bool = True, temperature: float = 1.0,
                  learnable_temperature: bool = False, mlm_weight: float = 1.0,
-                 tokenizer_vocab_size: int | None = None, torch_compile: bool = False) -> None:
+                 tokenizer_vocab_size: int | None = None, torch_compile: bool = False,
+                 proj_init: str = "default") -> None:
         super().__init__()
-        _check_options(temperature, mlm_weight)
+        _check_options(temperature, mlm_weight, proj_init)
         self.visual = visual
         self.text = text
         self.normalizer = ImageNormalizer(pixel_mean, pixel_std)
         self.image_proj = nn.Linear(self.visual.out_dim, embed_dim)
         self.text_proj = nn.Linear(self.text.out_dim, embed_dim)
+        if proj_init == "normal":
+            for proj in (self.image_proj, self.text_proj):
+                nn.init.normal_(proj.weight, mean=0.0, std=_PROJ_INIT_STD)
+                nn.init.zeros_(proj.bias)
         self.pool_mask_padding = bool(pool_mask_padding)
         self.gather_negatives = bool(gather_negatives)
         if learnable_temperature:
@@ -134,7 +149,7 @@ class UniPTPretrain(nn.Module):
         ``vocab_size`` to check the text encoder's vocabulary against instead of
         ``build_tokenizer(cfg)`` (read only when MLM is on)."""
         p = cfg.MODEL.PRETRAIN
-        _check_options(p.TEMPERATURE, p.MLM_WEIGHT)  # before building the encoders
+        _check_options(p.TEMPERATURE, p.MLM_WEIGHT, p.PROJ_INIT)  # before building the encoders
         vocab = None
         if float(p.MLM_WEIGHT) > 0:
             if tokenizer is None:
@@ -153,7 +168,7 @@ class UniPTPretrain(nn.Module):
                 "pool_mask_padding": bool(p.POOL_MASK_PADDING), "gather_negatives": bool(p.GATHER_NEGATIVES),
                 "temperature": float(p.TEMPERATURE), "learnable_temperature": bool(p.LEARNABLE_TEMPERATURE),
                 "mlm_weight": float(p.MLM_WEIGHT), "tokenizer_vocab_size": vocab,
-                "torch_compile": bool(cfg.MODEL.COMPILE)}
+                "torch_compile": bool(cfg.MODEL.COMPILE), "proj_init": str(p.PROJ_INIT)}
 
     @property
     def device(self) -> torch.device:

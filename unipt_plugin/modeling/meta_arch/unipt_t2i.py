@@ -62,7 +62,9 @@ class UniPTT2I(nn.Module):
         visual: image encoder, (B, 3, H, W) normalised -> tokens (B, 1 + N, C_v), attribute ``out_dim``.
         text: text encoder, (ids (B, L), mask (B, L)) -> tokens (B, L, C_t), attribute ``out_dim``.
         pgu: the PGU module (``unipt_plugin.modeling.pgu.PGU`` over C_v / C_t tokens; attributes
-            ``num_prototypes``, ``part_dim``), or None for MODEL.PGU.ENABLED False.
+            ``num_prototypes``, ``part_dim``), or None for MODEL.PGU.ENABLED False. It gets the
+            visual tokens as they come, class token first, and drops that token itself when
+            MODEL.PGU.IMAGE_TOKENS is "patches" (the global feature still max-pools over all).
         embed_dim: MODEL.T2I.EMBED_DIM. num_classes: MODEL.HEADS.NUM_CLASSES (0: inference only).
         pixel_mean, pixel_std: MODEL.PIXEL_MEAN / PIXEL_STD (0-255 scale).
         pool, pool_mask_padding, rank_margin, hardest_fallback, id_weight, rank_weight,
