@@ -200,6 +200,13 @@ def test_file_with_no_matching_key_raises(tmp_path):
         build_backbone(tiny_vit_cfg(size=(64, 32), weights=str(path)))
 
 
+def test_clip_tower_refuses_a_dropout_it_cannot_apply():
+    cfg = clip_cfg()
+    cfg.MODEL.VISUAL.DROPOUT = 0.1
+    with pytest.raises(ValueError, match="MODEL.VISUAL.DROPOUT = 0.1: the CLIP image tower has no dropout"):
+        build_backbone(cfg)
+
+
 def test_clip_state_dict_loads_visual_part_with_grid_resize(tmp_path):
     torch.manual_seed(0)
     clip = create_clip("UniPT-CLIP-tiny")  # 224x224: 14x14 grid, OpenAI / open_clip key layout
