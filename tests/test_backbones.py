@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from fastreid.modeling.backbones import build_backbone
 
 from unipt_plugin.config import get_unipt_cfg
-from unipt_plugin.modeling.backbones import CLIPVisualBackbone, ViTBackbone, patch_grid, resize_pos_embed
+from unipt_plugin.modeling.backbones import (CLIPVisualBackbone, ViTBackbone, infer_grid, patch_grid,
+                                             resize_pos_embed)
 from unipt_plugin.modeling.clip_models import create_clip
 from unipt_plugin.modeling.weight_loading import WeightShapeError
 from unipt_plugin.utils.io import UnsafeCheckpointError
@@ -133,10 +134,22 @@ def test_resize_pos_embed_keeps_linear_grids_linear_and_the_class_token():
     assert torch.allclose(out[0, 1:], expected, atol=1e-5)
     # open_clip layout (L, C) gives the same rows
     assert torch.allclose(resize_pos_embed(pe[0], 1, (h1, w1)), out[0])
-    # equal grids: unchanged; a non-square grid of the wrong size: clear error
+    # equal grids: unchanged; a non-square grid is read with the target's aspect: 24x8 -> 12x4
+    # keeps a linear function linear (corners to corners)
     assert resize_pos_embed(out, 1, (h1, w1)) is out
-    with pytest.raises(ValueError, match="not a square"):
-        resize_pos_embed(out, 1, (12, 4))
+    small = resize_pos_embed(out, 1, (12, 4))
+    r2 = torch.arange(12).view(12, 1, 1) / 11
+    s2 = torch.arange(4).view(1, 4, 1) / 3
+    assert torch.allclose(small[0, 1:], (a * r2 + b * s2 + d).reshape(-1, c), atol=1e-5)
+    with pytest.raises(ValueError, match="not 5x5"):
+        resize_pos_embed(out, 1, (12, 4), old_grid=(5, 5))
+
+
+def test_infer_grid_reads_person_shaped_grids():
+    assert infer_grid(32, (15, 7)) == (8, 4)     # 64x32, 8x8 patches -> stride 4
+    assert infer_grid(128, (24, 8)) == (16, 8)   # 256x128 -> 384x128 with 16x16 patches
+    assert infer_grid(192, (12, 4)) == (24, 8)
+    assert infer_grid(7, (2, 1)) == (7, 1)       # a prime: the only tall factorisation
 
 
 def test_patch_grid():
@@ -181,6 +194,21 @@ def test_timm_checkpoint_14x14_loads_into_24x8(tmp_path, caplog):
     assert torch.allclose(model.vit.pos_embed.data, expected, atol=1e-6)
     assert torch.equal(model.vit.pos_embed.data[0, 0], pe_src[0, 0])
     assert torch.equal(model.vit.blocks[1].mlp.fc2.weight, sd["blocks.1.mlp.fc2.weight"])
+
+
+def test_person_grid_checkpoint_loads_into_an_overlapping_stride(tmp_path):
+    """A 64x32 pre-training at stride 16 (4x2 grid) into a stride-8 model (7x3 grid): the 4x2
+    grid is read from the length and resized corner to corner; the patch weights load as they are."""
+    torch.manual_seed(0)
+    src = build_backbone(tiny_vit_cfg(size=(64, 32)))
+    _unipt_checkpoint(src, tmp_path / "unipt.pth")
+    model = build_backbone(tiny_vit_cfg(size=(64, 32), stride=8, weights=str(tmp_path / "unipt.pth")))
+    assert model.grid_size == (7, 3)
+    pe_src = src.vit.pos_embed.data
+    grid = pe_src[0, 1:].reshape(4, 2, 64).permute(2, 0, 1).unsqueeze(0)
+    expected = F.interpolate(grid, size=(7, 3), mode="bilinear", align_corners=True)[0].permute(1, 2, 0).reshape(21, 64)
+    assert torch.allclose(model.vit.pos_embed.data[0, 1:], expected, atol=1e-6)
+    assert torch.equal(model.vit.patch_embed.proj.weight, src.vit.patch_embed.proj.weight)
 
 
 def test_checkpoint_of_another_architecture_raises_naming_key_file_and_shapes(tmp_path):

@@ -21,6 +21,8 @@ place on a terminal and printed every 15 s otherwise.
     python tools/run_demo.py --ablate-mlm --ablate-pgu
     python tools/run_demo.py --paper-tables     # the paper's Tables 2, 5, 6 in miniature, 3 seeds:
                                                 # reports/demo/paper_tables.md
+    python tools/run_demo.py --pgu-experiments  # PGU variants on the val split, seeds 0 1:
+                                                # reports/demo/pgu_experiments.md
 """
 from __future__ import annotations
 
@@ -65,11 +67,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="the paper's tables in miniature: both ablations, fine-tuning from a generic pre-trained text "
                         "encoder (MiniLM), from scratch with a 3x schedule, with the authors' PGU settings, and the "
                         "zero-shot evaluation of the pre-trained model; writes <report-dir>/paper_tables.md")
+    p.add_argument("--pgu-experiments", action="store_true",
+                   help="fine-tuning variants of PGU (loss weight, schedule, token count, the authors' settings, "
+                        "scoring) evaluated on the val split only; writes <report-dir>/pgu_experiments.md "
+                        "(unipt_plugin/synthetic/pgu_experiments.py)")
     args = p.parse_args(argv)
     if args.seeds is None:
-        args.seeds = [0, 1, 2] if args.paper_tables else [0]
+        args.seeds = [0, 1, 2] if args.paper_tables else [0, 1] if args.pgu_experiments else [0]
     if args.paper_tables:
         args.ablate_mlm = args.ablate_pgu = True
+    if args.pgu_experiments:
+        args.ablate_pgu = True
     return args
 
 
@@ -345,6 +353,7 @@ def final_metrics(output_dir: str) -> dict[str, float]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from unipt_plugin.synthetic.paper_tables import ZERO_SHOT_RUN, write_paper_tables
+    from unipt_plugin.synthetic.pgu_experiments import PGU_EXPERIMENTS, VAL_TESTS, write_pgu_experiments
 
     sc = SCALES[args.scale]
     py = sys.executable
@@ -407,6 +416,18 @@ def main(argv=None) -> int:
         runs.setdefault(ZERO_SHOT_RUN, {})[seed] = out
         return out
 
+    val_runs: dict[str, dict[int, str]] = {}
+
+    def evaluate_on_val(name: str, seed: int, run_dir: str, opts: list[str]) -> None:
+        """A finished fine-tuning evaluated again, on the val split, with ``opts`` (no training)."""
+        out = os.path.join(work, f"seed{seed}", name)
+        if not os.path.exists(os.path.join(out, "eval_results.json")):
+            run([py, "tools/train_net.py", "--config-file", os.path.join(run_dir, "config.yaml"), "--eval-only",
+                 "MODEL.WEIGHTS", os.path.join(run_dir, "model_final.pth"), "DATASETS.ROOT", data,
+                 "DATASETS.TESTS", VAL_TESTS, "OUTPUT_DIR", out, "SEED", str(seed), "MODEL.DEVICE", "cpu", *opts],
+                os.path.join(work, "logs", f"seed{seed}_{name}.log"))
+        val_runs.setdefault(name, {})[seed] = out
+
     for seed in args.seeds:
         print(f"[4/6] UniPT pre-training (seed {seed})", flush=True)
         pre = train("pretrain", seed, "configs/Synthetic/pretrain.yml", [])
@@ -428,8 +449,25 @@ def main(argv=None) -> int:
             train("unipt_pgu_authors", seed, "configs/Synthetic/finetune.yml",
                   ["MODEL.WEIGHTS", os.path.join(pre, "model_final.pth"), *AUTHORS_PGU_OPTS])
             zero_shot(seed, pre)
+        if args.pgu_experiments:
+            print(f"[5/6] PGU experiments on the val split (seed {seed})", flush=True)
+            pre_ckpt = os.path.join(pre, "model_final.pth")
+            train("unipt_pgu_authors", seed, "configs/Synthetic/finetune.yml", ["MODEL.WEIGHTS", pre_ckpt, *AUTHORS_PGU_OPTS])
+            for e in PGU_EXPERIMENTS:
+                if e.kind == "evaluate":
+                    evaluate_on_val(e.name, seed, runs[e.source][seed], list(e.opts))
+                else:
+                    visual = ["MODEL.VISUAL.WEIGHTS", pre_ckpt] if e.visual_from_pretrain else []
+                    train(e.name, seed, "configs/Synthetic/finetune.yml",
+                          ["MODEL.WEIGHTS", pre_ckpt, *visual, "DATASETS.TESTS", VAL_TESTS, *e.opts],
+                          epochs=e.epochs_factor * sc["finetune_epochs"])
+                    val_runs.setdefault(e.name, {})[seed] = runs.pop(e.name)[seed]
 
     print("[6/6] writing the report", flush=True)
+    if args.pgu_experiments:
+        val_results = {n: {s: final_metrics(d) for s, d in per_seed.items()} for n, per_seed in val_runs.items()}
+        print(write_pgu_experiments(report, val_results, machine=machine_description()))
+        print(f"PGU experiments: {report}/pgu_experiments.md")
     if args.paper_tables:
         all_runs = {n: {s: final_metrics(d) for s, d in per_seed.items()} for n, per_seed in runs.items()
                     if n not in ("pretrain", "pretrain_no_mlm")}

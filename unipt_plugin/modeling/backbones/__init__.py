@@ -5,7 +5,7 @@ image tower). Both take normalised images (B, 3, H, W) and return tokens (B, 1 +
 token first; attribute ``out_dim`` = C.
 """
 from .clip_visual import CLIPVisualBackbone, build_clip_visual_backbone
-from .pos_embed import patch_grid, resize_pos_embed
+from .pos_embed import infer_grid, patch_grid, resize_pos_embed
 from .vit import ViTBackbone, build_timm_vit_backbone
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "build_timm_vit_backbone",
     "CLIPVisualBackbone",
     "build_clip_visual_backbone",
+    "infer_grid",
     "patch_grid",
     "resize_pos_embed",
 ]
