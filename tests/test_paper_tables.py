@@ -20,6 +20,7 @@ def test_tables_hold_hand_computed_means_and_spreads(tmp_path):
     assert "| from scratch (image and text encoders random) | 5.00 ± 1.00 |" in md
     assert "66.83 | 84.16 |" in md and "65.77 | 83.53 |" in md  # the paper's Table 2 / 5 figures
     assert "30.00 ± 0.00" in md
+    assert "(seed 0 only)" not in md
     assert "| UniPT pre-training, pooled features | 11.00 ± 1.00 |" in md
     assert "a test machine" in md
     # runs not trained are left out; a table with no run at all has no chart
@@ -27,6 +28,16 @@ def test_tables_hold_hand_computed_means_and_spreads(tmp_path):
     assert os.path.exists(tmp_path / "table2.png") and os.path.exists(tmp_path / "table5.png")
     assert os.path.exists(tmp_path / "table6.png")  # its "demo PGU settings" row is unipt
     assert (tmp_path / "paper_tables.md").read_text(encoding="utf-8") == md
+
+
+def test_rows_with_fewer_seeds_say_which(tmp_path):
+    results = {"unipt": {0: _m(40.0), 1: _m(50.0), 2: _m(45.0)}, "minilm": {0: _m(4.0)},
+               "scratch": {0: _m(4.0), 2: _m(6.0)}}
+    md = write_paper_tables(str(tmp_path), results)
+    assert "Training seeds 0, 1, 2" in md
+    assert "image encoder from scratch (seed 0 only) | 4.00 |" in md
+    assert "(image and text encoders random) (seeds 0, 2 only) | 5.00 ± 1.00 |" in md
+    assert "UniPT pre-training on the pool's pseudo-texts | 45.00 ± 4.08 |" in md  # population std of 40, 50, 45
 
 
 def test_every_row_names_a_run_the_demo_trains():

@@ -74,6 +74,14 @@ def _cell(per_seed: Mapping[int, Mapping[str, float]], metric: str) -> str:
     return f"{mean[metric]:.2f}" + (f" ± {std[metric]:.2f}" if len(per_seed) > 1 else "")
 
 
+def _fewer_seeds(per_seed: Mapping[int, Mapping[str, float]], seeds: Sequence[int]) -> str:
+    """" (seed 0 only)" / " (seeds 0, 2 only)" when a run has fewer seeds than the report."""
+    own = sorted(per_seed)
+    if own == list(seeds):
+        return ""
+    return f" ({'seed' if len(own) == 1 else 'seeds'} {', '.join(map(str, own))} only)"
+
+
 def _paper(v: float | None) -> str:
     return "" if v is None else f"{v:.2f}"
 
@@ -98,7 +106,8 @@ def paper_tables_markdown(results: Mapping[str, Mapping[int, Mapping[str, float]
         parts += [header, "|---|" + "---|" * (len(SHOWN) + 3)]
         for r in rows:
             cells = " | ".join(_cell(results[r.run], m) for m in SHOWN)
-            parts.append(f"| {r.label} | {cells} | {r.paper_label} | {_paper(r.paper_rank1)} | "
+            parts.append(f"| {r.label}{_fewer_seeds(results[r.run], seeds)} | {cells} | {r.paper_label} | "
+                         f"{_paper(r.paper_rank1)} | "
                          f"{_paper(r.paper_rank5)} |")
         parts.append("")
         if table.note:
@@ -108,7 +117,7 @@ def paper_tables_markdown(results: Mapping[str, Mapping[int, Mapping[str, float]
     if ZERO_SHOT_RUN in results:
         parts += ["## Zero-shot: the pre-trained model on the test split, no fine-tuning", "",
                   "| run | " + " | ".join(SHOWN) + " |", "|---|" + "---|" * len(SHOWN),
-                  "| UniPT pre-training, pooled features | " + " | ".join(
+                  f"| UniPT pre-training, pooled features{_fewer_seeds(results[ZERO_SHOT_RUN], seeds)} | " + " | ".join(
                       _cell(results[ZERO_SHOT_RUN], m) for m in SHOWN) + " |", "",
                   "How well the pseudo-texts alone taught the two encoders to match the labeled captions.", ""]
     return "\n".join(parts) + "\n"
