@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.unipt-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test clean-venv
+.PHONY: install browser demo test clean-venv
 
 install: $(STAMP)
 
@@ -29,7 +29,15 @@ $(STAMP): requirements.txt setup.py
 demo: install
 	$(PY) tools/run_demo.py
 
-test: install
+# The search page's browser test (tests/test_search_browser.py) drives Debian's Chromium and
+# fails, never skips, without it: installed here when missing (apt; root or sudo).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO="sudo"; \
+	  echo "installing Debian's chromium for the browser test"; \
+	  $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium >/dev/null; }
+
+test: install browser
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)
 
 clean-venv:

@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from unipt_plugin.data.attribute_spans import NOT_RECORDED, decode_spans
 from unipt_plugin.pseudo_text.generate import sidecar_paths
 from unipt_plugin.pseudo_text.pipeline import build_parser, main, run_merge, run_one_shard
 from unipt_plugin.pseudo_text.vocabulary import load_vocabulary
@@ -47,12 +48,21 @@ def uninterrupted(data):
 
 
 def test_output_format(data, uninterrupted):
+    from unipt_plugin.data.attribute_spans import vocabulary_phrases
+
     ann = json.loads(uninterrupted.read_text())
     assert [e["file_path"] for e in ann] == sorted(GOOD)
+    phrases = {p.lower() for p in vocabulary_phrases(load_vocabulary())}
     for e in ann:
-        assert set(e) == {"file_path", "captions"}
+        assert set(e) == {"file_path", "captions", "attribute_spans"}
         assert len(e["captions"]) == 2 and len(set(e["captions"])) == 2
         assert all(isinstance(c, str) and c.endswith(".") and c[0].isupper() for c in e["captions"])
+        # one span list per caption: sorted, disjoint [start, end] of vocabulary phrases, the six
+        # required attributes' at least
+        assert len(e["attribute_spans"]) == 2
+        for caption, spans in zip(e["captions"], e["attribute_spans"]):
+            assert len(spans) >= 6 and all(a < b <= c < d for (a, b), (c, d) in zip(spans, spans[1:]))
+            assert all(caption[a:b].lower() in phrases for a, b in spans), (caption, spans)
     sidecar, failed = sidecar_paths(uninterrupted)
     side = json.loads(sidecar.read_text())
     vocab = load_vocabulary()
@@ -148,6 +158,49 @@ def test_output_loads_through_luperson_t(data, uninterrupted, tmp_path):
     ann = json.loads(uninterrupted.read_text())
     assert ds.num_train_images == 8 and ds.num_classes == 8
     assert sorted(item[1] for item in ds.train) == sorted(c for e in ann for c in e["captions"])
+    assert ds.train_attribute_spans is None  # read only for IAP
+    # the new field round-trips: with IAP on, every item carries its caption's spans
+    cfg.MODEL.META_ARCHITECTURE, cfg.MODEL.PRETRAIN.IAP_WEIGHT = "UniPTPretrain", 1.0
+    with_spans = LUPersonT(root=str(root), cfg=cfg)
+    recorded = {c: [tuple(s) for s in spans] for e in ann for c, spans in zip(e["captions"], e["attribute_spans"])}
+    assert with_spans.num_recorded_captions == len(with_spans.train) == 16
+    for item, (encoded,) in zip(with_spans.train, with_spans.train_attribute_spans):
+        assert decode_spans(encoded) == recorded[item[1]]
+
+
+def test_luperson_t_attribute_spans_old_files_and_bad_fields(tmp_path):
+    from unipt_plugin.data.datasets import LUPersonT
+    from unipt_plugin.data.datasets.base import DatasetFormatError
+
+    folder = tmp_path / "LUPerson-T"
+    (folder / "imgs").mkdir(parents=True)
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (8, 16)).save(folder / "imgs" / name)
+
+    def load(entries, spans=True):
+        (folder / "luperson_t.json").write_text(json.dumps(entries))
+        return LUPersonT(root=str(tmp_path), attribute_spans=spans)
+
+    # an older file: no field anywhere; every caption "not recorded" (IAP matches the vocabulary)
+    old = load([{"file_path": "a.png", "captions": ["A man.", "A woman."]}])
+    assert [s for (s,) in old.train_attribute_spans] == [NOT_RECORDED] * 2 and old.num_recorded_captions == 0
+    # leading spaces are stripped with the caption, an empty and a repeated caption are skipped,
+    # an image listed again keeps its first entry's spans and its merged caption has none
+    ds = load([{"file_path": "a.png", "captions": ["  A red cap.", " ", "  A red cap.", "A man."],
+                "attribute_spans": [[[4, 7], [8, 11]], [], [[4, 7]], [[2, 5]]]},
+               {"file_path": "b.png", "captions": ["No spans here."]},
+               {"file_path": "a.png", "captions": ["A boy."], "attribute_spans": [[[2, 5]]]}])
+    got = {item[1]: decode_spans(s) for item, (s,) in zip(ds.train, ds.train_attribute_spans)}
+    assert got == {"A red cap.": [(2, 5), (6, 9)], "A man.": [(2, 5)], "No spans here.": None, "A boy.": None}
+    assert ds.num_recorded_captions == 2
+    assert load([{"file_path": "a.png", "captions": ["A man."], "attribute_spans": [[[0, 9]]]}],
+                spans=False).train_attribute_spans is None  # not read without IAP
+    for spans, match in (([[[0, 9]]], r"field 'attribute_spans\[0\]' is \[0, 9\]; expected \[start, end\] integers "
+                                       r"with 0 <= start < end <= 6"),
+                         ([[[2, 5]], []], r"field 'attribute_spans' is .*; expected a list of 1 span lists"),
+                         (["2:5"], r"field 'attribute_spans\[0\]' is '2:5'; expected a list of \[start, end\]")):
+        with pytest.raises(DatasetFormatError, match=r"entry 0 of .*luperson_t.json: " + match):
+            load([{"file_path": "a.png", "captions": ["A man."], "attribute_spans": spans}])
 
 
 def test_two_cpu_processes_through_the_launcher(data, uninterrupted, tmp_path):

@@ -48,7 +48,8 @@ def add_unipt_config(cfg: CN) -> CN:
     _C.TEST.PRECISE_BN.ENABLED = False
 
     # ------------------------------------------------------------------ datasets
-    # Folder holding one sub-folder per dataset (CUHK-PEDES/, ICFG-PEDES/, RSTPReid/, LUPerson-T/).
+    # Folder holding one sub-folder per dataset (CUHK-PEDES/, ICFG-PEDES/, RSTPReid/, LUPerson-T/,
+    # SYNTH-PEDES/; image ReID: fast-reid's layouts, e.g. Market-1501-v15.09.15/).
     _C.DATASETS.ROOT = "datasets"
     # LUPerson-T: annotation file (relative to <ROOT>/LUPerson-T or absolute) and image folder.
     # An ANNOTATION ending in ".arrow" selects the packed layout: one Arrow IPC file holding the
@@ -57,6 +58,15 @@ def add_unipt_config(cfg: CN) -> CN:
     _C.DATASETS.LUPERSON_T = CN()
     _C.DATASETS.LUPERSON_T.ANNOTATION = "luperson_t.json"
     _C.DATASETS.LUPERSON_T.IMAGE_DIR = "imgs"
+    # SYNTH-PEDES (PLIP's released JSON; datasets/README.md, SYNTH-PEDES): annotation file
+    # (relative to <ROOT>/SYNTH-PEDES or absolute) and the folder its file_path values are
+    # relative to ("" = the SYNTH-PEDES folder itself, which holds Part1/ ... Part11/).
+    _C.DATASETS.SYNTH_PEDES = CN()
+    _C.DATASETS.SYNTH_PEDES.ANNOTATION = "synthpedes_dataset.json"
+    _C.DATASETS.SYNTH_PEDES.IMAGE_DIR = ""
+    # Also train on each entry's "prompt_caption" texts (the attribute-prompted captions), as
+    # extra captions of the image after its "captions"; False = "captions" only.
+    _C.DATASETS.SYNTH_PEDES.PROMPT_CAPTIONS = False
     # How listed images are checked when a dataset is built: "full" (default: every listed
     # image must exist, checked once per folder with os.scandir; packed layout: every row has
     # image bytes) or "lazy" (not checked; a missing image is an error naming the file and this
@@ -82,7 +92,8 @@ def add_unipt_config(cfg: CN) -> CN:
 
     # ------------------------------------------------------------------ visual backbone
     # fast-reid's MODEL.BACKBONE.NAME selects the builder in BACKBONE_REGISTRY:
-    # "build_timm_vit_backbone" (timm ViT/DeiT) or "build_clip_visual_backbone" (open_clip).
+    # "build_timm_vit_backbone" (timm ViT/DeiT), "build_clip_visual_backbone" (open_clip) or
+    # "build_modified_resnet_backbone" (open_clip's ModifiedResNet: PLIP's RN50).
     # (fast-reid's own "build_vit_backbone" is a different model with other keys.)
     _C.MODEL.BACKBONE.NAME = "build_timm_vit_backbone"
     _C.MODEL.VISUAL = CN()
@@ -108,6 +119,32 @@ def add_unipt_config(cfg: CN) -> CN:
     _C.MODEL.VISUAL.NUM_HEADS = 0
     # Activation (gradient) checkpointing of the transformer blocks: less memory, ~30% more compute.
     _C.MODEL.VISUAL.GRAD_CHECKPOINTING = False
+    # build_modified_resnet_backbone (open_clip's ModifiedResNet, PLIP's image encoder; ARCH
+    # "RN50-PLIP", "UniPT-RN-tiny" or an open_clip ResNet such as "RN50"): how the spatial tokens
+    # after the attention-pooled token 0 reach the pool's output width: "value" (each position
+    # through the pool's value and output projections) or "attention" (the pool's attention with
+    # every position as a query). Read by that backbone only.
+    _C.MODEL.VISUAL.RESNET_TOKENS = "value"
+
+    # ------------------------------------------------------------------ image ReID transfer
+    # With fast-reid's Baseline (MODEL.META_ARCHITECTURE Baseline) and MODEL.BACKBONE.NAME
+    # "build_unipt_transfer_backbone": the visual encoder of a UniPT / PLIP model as fast-reid's
+    # backbone (docs/image_reid.md). Refused with the text-image meta-architectures.
+    _C.MODEL.TRANSFER = CN()
+    # BACKBONE_REGISTRY builder of the encoder, configured by MODEL.VISUAL.* as in text-image runs.
+    _C.MODEL.TRANSFER.ENCODER = "build_timm_vit_backbone"
+    # A UniPT pre-training or fine-tuning checkpoint (model_final.pth): its "visual." part is
+    # loaded into the encoder; "" = none (MODEL.VISUAL.WEIGHTS or random). Not both.
+    _C.MODEL.TRANSFER.WEIGHTS = ""
+    # The feature given to fast-reid's head: "cls" (the first token, (B, C, 1, 1)), "max" (max
+    # over every token, UniPT's pooling, (B, C, 1, 1)) or "grid" (the patch tokens as a
+    # (B, C, h, w) map, pooled by MODEL.HEADS.POOL_LAYER).
+    _C.MODEL.TRANSFER.FEATURE = "cls"
+    # Width of the checkpoint's per-token image projection (image_proj: C -> the joint embedding
+    # width, MODEL.PRETRAIN.EMBED_DIM / MODEL.T2I.EMBED_DIM of the run that wrote it), applied before
+    # FEATURE; 0 = none. Loaded from TRANSFER.WEIGHTS (shape-checked). With FEATURE "max" the
+    # feature is then the checkpoint's own image embedding (before L2 normalisation).
+    _C.MODEL.TRANSFER.PROJECTION_DIM = 0
 
     # ------------------------------------------------------------------ text encoder
     _C.MODEL.TEXT = CN()
@@ -156,6 +193,48 @@ def add_unipt_config(cfg: CN) -> CN:
     _C.MODEL.PRETRAIN.GATHER_NEGATIVES = True
     # beta of Eq. 3: weight of the MLM loss (0 disables MLM).
     _C.MODEL.PRETRAIN.MLM_WEIGHT = 1.0
+    # Weight of UniPT's contrastive loss L_con (Eq. 1); 0 leaves it out (PLIP's tasks alone).
+    _C.MODEL.PRETRAIN.CONTRASTIVE_WEIGHT = 1.0
+    # Weight of PLIP's identity-based vision-language contrast (IVLC: every pair of the anchor's
+    # identity a positive, from the batch's "targets"; LUPerson-T's identity is the image), with
+    # L_con's TEMPERATURE and GATHER_NEGATIVES; 0 = off (docs/choices.md, PLIP).
+    _C.MODEL.PRETRAIN.IVLC_WEIGHT = 0.0
+    # Weight of PLIP's image-guided attribute prediction (IAP: a caption's attribute phrases
+    # masked and predicted from the text fused with the image tokens); 0 = off, nothing built,
+    # no masks drawn (docs/choices.md, PLIP, also for PLIP's lambdas).
+    _C.MODEL.PRETRAIN.IAP_WEIGHT = 0.0
+    _C.MODEL.PRETRAIN.IAP = CN()
+    # The fusion: LAYERS cross-attention layers (text queries, image keys/values; self-attention,
+    # cross-attention and a 4 x WIDTH feed-forward each) of WIDTH (0 = the text encoder's width)
+    # with HEADS heads (0 = WIDTH / 64) and DROPOUT, then its own prediction head (as MLM's).
+    _C.MODEL.PRETRAIN.IAP.LAYERS = 2
+    _C.MODEL.PRETRAIN.IAP.WIDTH = 0
+    _C.MODEL.PRETRAIN.IAP.HEADS = 0
+    _C.MODEL.PRETRAIN.IAP.DROPOUT = 0.0
+    # Probability that each attribute phrase of a caption is masked (1 = all of them), drawn
+    # per caption from the sample's seed.
+    _C.MODEL.PRETRAIN.IAP.PHRASE_PROB = 1.0
+    # Pseudo-text vocabulary YAML whose phrases are matched in captions without recorded spans
+    # (datasets other than LUPerson-T / SYNTH-PEDES, older LUPerson-T files); "" = the shipped one.
+    _C.MODEL.PRETRAIN.IAP.VOCABULARY = ""
+    # Weight of PLIP's text-guided image colourisation (TIC: the visual encoder sees the BT.601
+    # gray image, a light decoder attending to the caption predicts its chroma at 1/SCALE);
+    # 0 = off, nothing built.
+    _C.MODEL.PRETRAIN.TIC_WEIGHT = 0.0
+    _C.MODEL.PRETRAIN.TIC = CN()
+    # The decoder: LAYERS cross-attention layers (patch queries, caption keys/values) of WIDTH
+    # with HEADS heads (0 = WIDTH / 64) and DROPOUT, then two 3x3 convolutions at the target size.
+    _C.MODEL.PRETRAIN.TIC.LAYERS = 2
+    _C.MODEL.PRETRAIN.TIC.WIDTH = 256
+    _C.MODEL.PRETRAIN.TIC.HEADS = 0
+    _C.MODEL.PRETRAIN.TIC.DROPOUT = 0.0
+    # The chroma is predicted at INPUT.SIZE_TRAIN / SCALE (SCALE must divide it).
+    _C.MODEL.PRETRAIN.TIC.SCALE = 4
+    # Threshold of the smooth-L1 loss on the [-1, 1] chroma scale.
+    _C.MODEL.PRETRAIN.TIC.LOSS_BETA = 0.1
+    # The gray forward of the visual encoder runs on the first SAMPLES images of each process's
+    # batch (0 = all of them): TIC's extra visual forward costs SAMPLES / batch of one.
+    _C.MODEL.PRETRAIN.TIC.SAMPLES = 0
     # Fraction of tokens masked for MLM and the 80/10/10 split.
     _C.MODEL.PRETRAIN.MLM_PROB = 0.15
     _C.MODEL.PRETRAIN.MLM_MASK_TOKEN_PROB = 0.8
@@ -194,6 +273,18 @@ def add_unipt_config(cfg: CN) -> CN:
     _C.MODEL.T2I.GATHER_NEGATIVES = True
     # Init std of the shared identity classifier's weights.
     _C.MODEL.T2I.CLASSIFIER_STD = 0.001
+    # PLIP's losses on the global embeddings (docs/choices.md, PLIP); 0 = off, nothing built.
+    # IVLC (as in pre-training, over the batch's identities) and its temperature: logits = cos / T.
+    _C.MODEL.T2I.IVLC_WEIGHT = 0.0
+    _C.MODEL.T2I.IVLC_TEMPERATURE = 1.0
+    # CMPM (projection matching, KL of both directions) and CMPC (projection classification
+    # with a norm-softmax classifier, built only when CMPC_WEIGHT > 0).
+    _C.MODEL.T2I.CMPM_WEIGHT = 0.0
+    _C.MODEL.T2I.CMPC_WEIGHT = 0.0
+    # CMPM's epsilon in log(q + eps) (PLIP: 1e-8) and the normalisation of the true matching
+    # distribution's rows: "l1" (a distribution, the CMPM paper) or "l2" (PLIP's code).
+    _C.MODEL.T2I.CMPM_EPS = 1.0e-8
+    _C.MODEL.T2I.CMPM_TARGET_NORM = "l1"
 
     # ------------------------------------------------------------------ PGU
     _C.MODEL.PGU = CN()

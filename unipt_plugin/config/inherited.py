@@ -17,9 +17,11 @@ __all__ = ["HONOURED", "SCHEDULE_KEYS", "inherited_key_errors", "fastreid_leaf_k
 #: fast-reid keys with their fast-reid meaning, and where the plugin reads them.
 HONOURED: dict[str, str] = {
     "MODEL.DEVICE": "engine/defaults.py (cpu, cuda, cuda:N or auto)",
-    "MODEL.META_ARCHITECTURE": "fast-reid's build_model (UniPTPretrain or UniPTT2I)",
+    "MODEL.META_ARCHITECTURE": "fast-reid's build_model (UniPTPretrain or UniPTT2I; fast-reid's Baseline for image "
+                               "ReID, config/image_reid.py)",
     "MODEL.FREEZE_LAYERS": "solver/build.py + fast-reid's LayerFreeze hook (with SOLVER.FREEZE_ITERS)",
-    "MODEL.BACKBONE.NAME": "fast-reid's build_backbone (build_timm_vit_backbone, build_clip_visual_backbone)",
+    "MODEL.BACKBONE.NAME": "fast-reid's build_backbone (build_timm_vit_backbone, build_clip_visual_backbone; "
+                           "build_unipt_transfer_backbone for image ReID)",
     "MODEL.HEADS.NUM_CLASSES": "fast-reid's auto_scale_hyperparams (0 = from the training set) -> UniPTT2I",
     "MODEL.WEIGHTS": "engine/checkpoint.py (--eval-only and fine-tuning start)",
     "MODEL.PIXEL_MEAN": "modeling/meta_arch/common.py ImageNormalizer",
@@ -148,11 +150,15 @@ def inherited_key_errors(cfg: CfgNode, defaults: CfgNode) -> list[str]:
     Conditional cases: fast-reid's scheduler keys (:data:`SCHEDULE_KEYS`) are refused with
     SOLVER.SCHED "WarmupLinearLR" (which reads SOLVER.WARMUP_RATIO), and SOLVER.WARMUP_RATIO
     with any other schedule; INPUT.CJ.ENABLED needs INPUT.CJ.WITH_TEXT (colour jitter changes
-    the colours the captions describe)."""
+    the colours the captions describe). With an image-ReID meta-architecture (fast-reid's
+    ``Baseline``) the fast-reid keys it reads (``config/image_reid.py``) are honoured too."""
+    from .image_reid import honoured_by_image_reid, is_image_reid  # (circular: image_reid imports this module)
+
     errors = []
     linear = cfg.SOLVER.SCHED == "WarmupLinearLR"
+    image_reid = is_image_reid(cfg)
     for key, _ in fastreid_leaf_keys():
-        if key in HONOURED:
+        if key in HONOURED or (image_reid and honoured_by_image_reid(key)):
             continue
         value, default = _get(cfg, key), _get(defaults, key)
         if key in SCHEDULE_KEYS:

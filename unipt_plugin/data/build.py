@@ -11,7 +11,10 @@ distinct across datasets), batches of SOLVER.IMS_PER_BATCH // world_size:
 CPU). Pre-training with MLM (MODEL.META_ARCHITECTURE UniPTPretrain, MODEL.PRETRAIN.MLM_WEIGHT
 > 0) adds {"mlm_ids": long (B,L) the masked ids, "mlm_labels": long (B,L) the original id at
 predicted positions, -100 elsewhere}: each caption masked on its own from its sample's seed
-(``unipt_plugin.data.mlm_masking``).
+(``unipt_plugin.data.mlm_masking``). With PLIP's IAP (MODEL.PRETRAIN.IAP_WEIGHT > 0) it adds
+{"iap_ids": long (B,L) the ids with the caption's attribute phrases masked, "iap_labels": long
+(B,L) their original ids there, -100 elsewhere} (``unipt_plugin.data.attribute_spans`` says where
+each dataset's phrases come from, ``unipt_plugin.data.attribute_masking`` how they are masked).
 
 ``build_t2i_test_loader(cfg, name) -> (loader, num_query)``: text batches {"text_ids" long
 (B,L), "text_mask" long (B,L), "targets" long (B,)} for every query caption, then image batches
@@ -53,6 +56,8 @@ from torch.utils.data import DataLoader
 
 from .common import (IdentityView, ModalityBatchSampler, ResumableBatchSampler, T2ITestSet, T2ITrainSet,
                      TestCollator, TrainCollator)
+from .attribute_masking import build_attribute_masking
+from .attribute_spans import build_attribute_span_source
 from .serialize import PackedItems
 from .datasets.base import TextImageDataset
 from .mlm_masking import build_mlm_masking
@@ -76,9 +81,10 @@ def build_dataset(cfg: Any, name: str) -> TextImageDataset:
         cls = DATASET_REGISTRY.get(name)
     except KeyError as e:
         raise KeyError(f"dataset {name!r} is not registered; text-image datasets: CUHKPEDES, CUHKPEDESVal, "
-                       "ICFGPEDES, RSTPReid, LUPersonT") from e
+                       "ICFGPEDES, RSTPReid, LUPersonT, SYNTHPEDES") from e
     if not (isinstance(cls, type) and issubclass(cls, TextImageDataset)):
-        raise TypeError(f"dataset {name!r} is a fast-reid image dataset, not a text-image dataset")
+        raise TypeError(f"dataset {name!r} is a fast-reid image dataset, not a text-image dataset (image ReID: "
+                        "MODEL.META_ARCHITECTURE Baseline, docs/image_reid.md)")
     return cls(root=cfg.DATASETS.ROOT, cfg=cfg)
 
 
@@ -107,6 +113,9 @@ def _per_process(total: int, what: str) -> int:
 def build_t2i_train_loader(cfg: Any) -> DataLoader:
     """Infinite training loader over cfg.DATASETS.NAMES; ``loader.dataset.num_classes`` = C."""
     parts: list[PackedItems] = []  # packed: loader workers do not copy the items (serialize.py)
+    tokenizer = build_tokenizer(cfg)
+    iap = build_attribute_masking(cfg, tokenizer)
+    span_parts: list[tuple[TextImageDataset, int]] = []  # (dataset, image-id offset), kept for IAP only
     num_classes = 0
     num_images = 0
     for name in cfg.DATASETS.NAMES:
@@ -117,11 +126,16 @@ def build_t2i_train_loader(cfg: Any) -> DataLoader:
             data.show_train()
         # pids (field 2) and image ids (field 3) offset so that they stay distinct across datasets
         parts.append(data.train.shifted({2: num_classes, 3: num_images}))
+        if iap is not None:
+            span_parts.append((data, num_images))
         num_classes += data.num_classes
         num_images += data.num_train_images
     if not parts:
         raise ValueError("DATASETS.NAMES is empty: no training data")
-    train_set = T2ITrainSet(PackedItems.concatenate(parts), build_image_transform(cfg, is_train=True), num_classes)
+    spans = build_attribute_span_source(cfg, span_parts) if iap is not None else None
+    del span_parts  # the datasets themselves are not kept (the span source holds their columns only)
+    train_set = T2ITrainSet(PackedItems.concatenate(parts), build_image_transform(cfg, is_train=True), num_classes,
+                            attribute_spans=spans)
 
     mini_batch = _per_process(int(cfg.SOLVER.IMS_PER_BATCH), "SOLVER.IMS_PER_BATCH")
     # SEED < 0: one random seed shared by every process (as fast-reid's samplers draw it)
@@ -140,13 +154,12 @@ def build_t2i_train_loader(cfg: Any) -> DataLoader:
     else:
         raise ValueError(f"DATALOADER.SAMPLER_TRAIN = {name!r}: expected one of {list(_SAMPLERS)}")
     batch_sampler = ResumableBatchSampler(sampler, mini_batch, seed=seed, rank=comm.get_rank())
-    tokenizer = build_tokenizer(cfg)
 
     return DataLoader(
         train_set,
         batch_sampler=batch_sampler,
         num_workers=int(cfg.DATALOADER.NUM_WORKERS),
-        collate_fn=TrainCollator(tokenizer, mlm=build_mlm_masking(cfg, tokenizer)),
+        collate_fn=TrainCollator(tokenizer, mlm=build_mlm_masking(cfg, tokenizer), iap=iap),
         pin_memory=torch.cuda.is_available(),
         worker_init_fn=seed_worker,
         generator=_loader_generator(cfg, 0),

@@ -27,11 +27,13 @@ from .tokenizer import TextTokenizer
 from .transforms import read_image
 
 if TYPE_CHECKING:
+    from .attribute_masking import AttributeMasking
+    from .attribute_spans import AttributeSpanSource
     from .mlm_masking import MLMMasking
 
 __all__ = ["T2ITrainSet", "T2ITestSet", "IdentityView", "TrainCollator", "TestCollator", "ModalityBatchSampler",
            "ResumableBatchSampler", "sample_seed", "derive_seed", "AUGMENT_SEED_STREAM",
-           "MLM_SEED_STREAM", "RANKING_SEED_STREAM"]
+           "MLM_SEED_STREAM", "RANKING_SEED_STREAM", "IAP_SEED_STREAM"]
 
 # Streams of derive_seed(sample seed, stream): every random use of a training sample's seed gets
 # its own stream (torch's CPU generator keeps only the low 32 bits of a seed, which for the raw
@@ -42,6 +44,8 @@ AUGMENT_SEED_STREAM = 3
 MLM_SEED_STREAM = 1
 # Semi-hard negative draws of UniPTT2I's ranking losses (from the seed of a batch's first sample).
 RANKING_SEED_STREAM = 2
+# Which attribute phrases of the sample's caption PLIP's IAP masks (unipt_plugin.data.attribute_masking).
+IAP_SEED_STREAM = 4
 
 _MASK64 = 2 ** 64 - 1
 
@@ -78,6 +82,10 @@ class T2ITrainSet(Dataset):
     (only the CPU generator is seeded; CUDA generators are never touched), and the item carries
     it as "seed" (``TrainCollator`` draws the MLM mask from it and puts it in the batch).
 
+    With ``attribute_spans`` (PLIP's IAP, ``unipt_plugin.data.attribute_spans``) the item also
+    carries "attribute_spans": the ``(start, end)`` character spans of its caption's attribute
+    phrases.
+
     Attributes:
         num_classes: number of training identities C (pids are 0..C-1); fast-reid's trainer
             reads it to size the classifier.
@@ -85,10 +93,12 @@ class T2ITrainSet(Dataset):
             the same tuples, in the same order, that DataLoader workers read without copying).
     """
 
-    def __init__(self, items: Sequence[tuple[str, str, int, int]], transform: Callable, num_classes: int) -> None:
+    def __init__(self, items: Sequence[tuple[str, str, int, int]], transform: Callable, num_classes: int,
+                 attribute_spans: AttributeSpanSource | None = None) -> None:
         self.img_items = _packed(items, TRAIN_ITEM, "T2ITrainSet items")
         self.transform = transform
         self.num_classes = int(num_classes)
+        self.attribute_spans = attribute_spans
 
     def __len__(self) -> int:
         return len(self.img_items)
@@ -107,6 +117,8 @@ class T2ITrainSet(Dataset):
                 torch.default_generator.manual_seed(derive_seed(seed, AUGMENT_SEED_STREAM))
                 image = self.transform(img)
         item = {"image": image, "caption": caption, "target": pid, "img_id": image_id}
+        if self.attribute_spans is not None:
+            item["attribute_spans"] = self.attribute_spans(index, caption, image_id)
         if seed is not None:
             item["seed"] = int(seed)
         return item
@@ -185,7 +197,8 @@ def _tokenize(tokenizer: TextTokenizer, captions: list[str]) -> dict[str, torch.
 class TrainCollator:
     """list of train dicts -> {"images" uint8 (B,3,H,W) 0-255, "text_ids" long (B,L), "text_mask" long (B,L),
     "targets" long (B,), "img_ids" long (B,), "seeds" long (B,)}, plus with ``mlm``
-    {"mlm_ids" long (B,L), "mlm_labels" long (B,L)}.
+    {"mlm_ids" long (B,L), "mlm_labels" long (B,L)} and with ``iap`` {"iap_ids" long (B,L),
+    "iap_labels" long (B,L)}.
 
     Images are stacked as the transform made them (uint8 from ``build_image_transform``; the
     model converts to float32 on its device); L per INPUT.TEXT.PADDING (see ``_tokenize``).
@@ -199,11 +212,17 @@ class TrainCollator:
             MODEL.PRETRAIN.MLM_WEIGHT > 0) or None: "mlm_ids" are the masked ids and
             "mlm_labels" the original id at predicted positions, -100 elsewhere, each caption
             masked from its own sample's seed.
+        iap: PLIP's IAP masking (``unipt_plugin.data.attribute_masking.AttributeMasking``;
+            pre-training with MODEL.PRETRAIN.IAP_WEIGHT > 0) or None: "iap_ids" are the ids with
+            the attribute phrases of the items' "attribute_spans" masked, "iap_labels" the
+            original id there, -100 elsewhere.
     """
 
-    def __init__(self, tokenizer: TextTokenizer, mlm: MLMMasking | None = None) -> None:
+    def __init__(self, tokenizer: TextTokenizer, mlm: MLMMasking | None = None,
+                 iap: AttributeMasking | None = None) -> None:
         self.tokenizer = tokenizer
         self.mlm = mlm
+        self.iap = iap
 
     def __call__(self, batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         out = {"images": torch.stack([b["image"] for b in batch])}
@@ -222,6 +241,14 @@ class TrainCollator:
                                  "sample's seed, but the training items carry no 'seed': index T2ITrainSet with "
                                  "(index, seed) pairs, as ResumableBatchSampler does")
             out["mlm_ids"], out["mlm_labels"] = self.mlm(out["text_ids"], out["text_mask"], out["seeds"])
+        if self.iap is not None:
+            if not all("attribute_spans" in b for b in batch):
+                raise ValueError("IAP masking (MODEL.PRETRAIN.IAP_WEIGHT > 0) needs each training item's "
+                                 "'attribute_spans': build T2ITrainSet with an attribute span source, as "
+                                 "build_t2i_train_loader does")
+            out["iap_ids"], out["iap_labels"] = self.iap(
+                [b["caption"] for b in batch], [b["attribute_spans"] for b in batch], out["text_ids"],
+                out["text_mask"], out.get("seeds"))
         return out
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from fastreid.utils.checkpoint import Checkpointer
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
+from ..modeling.plip_weights import is_plip_checkpoint, plip_state_dict_for
 from ..utils.io import atomic_torch_save, atomic_write_text, load_weights_file
 
 logger = logging.getLogger(__name__)
@@ -19,7 +20,8 @@ class UniPTCheckpointer(Checkpointer):
 
     * ``_load_file`` goes through :func:`unipt_plugin.utils.load_weights_file`
       (``weights_only=True`` or safetensors); a bare state dict (no ``"model"`` key) is accepted
-      as the model's weights.
+      as the model's weights; PLIP's released checkpoint is mapped onto the model's names
+      (:mod:`unipt_plugin.modeling.plip_weights`).
     * ``_load_model`` logs how many of the model's tensors were matched and raises a
       ``ValueError`` naming the file when none was: a weights file for another architecture must
       not silently leave the model at its random initialisation.
@@ -50,6 +52,8 @@ class UniPTCheckpointer(Checkpointer):
     def _load_file(self, f: str) -> dict:
         self._current_file = f
         checkpoint = dict(load_weights_file(f))
+        if is_plip_checkpoint(checkpoint):  # PLIP's release: its keys mapped to the model's, shape-checked
+            return {"model": plip_state_dict_for(self.model, checkpoint, f)}
         if "model" not in checkpoint:
             checkpoint = {"model": checkpoint}
         return checkpoint

@@ -14,6 +14,7 @@ from fastreid.utils.env import seed_all_rng
 from fastreid.utils.logger import setup_logger
 
 from ..config import get_unipt_cfg
+from ..config.image_reid import image_reid_key_errors
 from ..config.inherited import inherited_key_errors
 from .output_lock import lock_output_dir
 from .preemption import parse_signals
@@ -85,7 +86,10 @@ def setup_cfg(config_file: str = "", opts: Sequence[str] = (), freeze: bool = Tr
     * ``MODEL.DEVICE`` "auto" becomes "cuda" when CUDA is usable, else "cpu";
     * ``SOLVER.AMP.ENABLED`` is switched off on the CPU;
     * a fast-reid key the plugin does not honour, set to a non-default value, is a
-      :class:`ConfigError` naming it and what to use instead (``config/inherited.py``).
+      :class:`ConfigError` naming it and what to use instead (``config/inherited.py``);
+    * a key the run's kind does not read (a text-image key with fast-reid's ``Baseline``, a
+      transfer key with a text-image meta-architecture), set to a non-default value, is a
+      :class:`ConfigError` too (``config/image_reid.py``).
 
     The decisions are kept and written to ``log.txt`` by :func:`default_setup` (the logger does
     not exist yet when the config is read).
@@ -104,10 +108,13 @@ def setup_cfg(config_file: str = "", opts: Sequence[str] = (), freeze: bool = Tr
             cfg.merge_from_list(list(opts))
         except (KeyError, ValueError, TypeError, AssertionError) as e:
             raise ConfigError(f"command-line override {list(opts)}: {e}") from e
-    errors = inherited_key_errors(cfg, get_unipt_cfg())
+    defaults = get_unipt_cfg()
+    inherited = inherited_key_errors(cfg, defaults)
+    errors = inherited + image_reid_key_errors(cfg, defaults)
     if errors:
         where = f" in {config_file} or the overrides" if config_file else ""
-        raise ConfigError(f"{len(errors)} fast-reid key(s){where} cannot be used:\n  " + "\n  ".join(errors))
+        what = "fast-reid key(s)" if len(inherited) == len(errors) else "key(s)"
+        raise ConfigError(f"{len(errors)} {what}{where} cannot be used:\n  " + "\n  ".join(errors))
     _resolve_device(cfg)
     check_engine_keys(cfg)
     if freeze:

@@ -3,7 +3,9 @@
 The seams that change, each a method a subclass can override:
 
 * ``build_train_loader`` / ``build_test_loader`` / ``build_evaluator``: text-image loaders and
-  the text-to-image evaluator;
+  the text-to-image evaluator; for an image-ReID meta-architecture (fast-reid's ``Baseline``,
+  ``config/image_reid.py``) fast-reid's image datasets through ``data/image_reid.py`` and
+  fast-reid's ``ReidEvaluator`` (``evaluation/image_reid.py``; docs/image_reid.md);
 * ``build_optimizer`` / ``build_lr_scheduler``: per-module groups, per-iteration schedule;
 * ``build_model``: fast-reid's, then ``MODEL.COMPILE`` is applied by the meta-architectures;
 * ``build_ddp_model``: DistributedDataParallel on CUDA (one device per process) and on the CPU
@@ -39,8 +41,10 @@ from fastreid.utils.events import CommonMetricPrinter, EventStorage
 from fastreid.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
-from ..data import build_t2i_test_loader, build_t2i_train_loader
-from ..evaluation import TextToImageEvaluator
+from ..config.image_reid import is_image_reid
+from ..data import (build_image_reid_test_loader, build_image_reid_train_loader, build_t2i_test_loader,
+                    build_t2i_train_loader)
+from ..evaluation import ImageReIDEvaluator, TextToImageEvaluator
 from ..solver import build_unipt_lr_scheduler, build_unipt_optimizer
 from ..utils.io import atomic_write_json
 from .checkpoint import UniPTCheckpointer
@@ -53,7 +57,8 @@ logger = logging.getLogger(__name__)
 
 
 class UniPTTrainer(DefaultTrainer):
-    """Trains ``UniPTPretrain`` (pre-training) or ``UniPTT2I`` (fine-tuning) from a config."""
+    """Trains ``UniPTPretrain`` (pre-training), ``UniPTT2I`` (fine-tuning) or fast-reid's ``Baseline``
+    (image ReID) from a config."""
 
     def __init__(self, cfg) -> None:
         TrainerBase.__init__(self)
@@ -164,7 +169,7 @@ class UniPTTrainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg):
         logger.info("Prepare training set")
-        loader = build_t2i_train_loader(cfg)
+        loader = build_image_reid_train_loader(cfg) if is_image_reid(cfg) else build_t2i_train_loader(cfg)
         if len(loader.dataset) < cfg.SOLVER.IMS_PER_BATCH:
             raise ValueError(f"the training set {cfg.DATASETS.NAMES} has {len(loader.dataset)} items, fewer than "
                              f"SOLVER.IMS_PER_BATCH={cfg.SOLVER.IMS_PER_BATCH}: an epoch would have no iteration; "
@@ -173,12 +178,15 @@ class UniPTTrainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name: str):
+        if is_image_reid(cfg):
+            return build_image_reid_test_loader(cfg, dataset_name)
         return build_t2i_test_loader(cfg, dataset_name)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name: str, output_dir: str | None = None):
         data_loader, num_query = cls.build_test_loader(cfg, dataset_name)
-        return data_loader, TextToImageEvaluator(cfg, num_query, output_dir)
+        evaluator = ImageReIDEvaluator if is_image_reid(cfg) else TextToImageEvaluator
+        return data_loader, evaluator(cfg, num_query, output_dir)
 
     @classmethod
     def test(cls, cfg, model):

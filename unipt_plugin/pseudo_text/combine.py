@@ -9,7 +9,7 @@ import random
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from .templates import AccessoryClause, Template, build_templates, fill_template
+from .templates import AccessoryClause, Template, build_templates, fill_template_with_spans, mark_phrase
 from .vocabulary import NEGATIVE_ID, Vocabulary
 
 __all__ = ["Caption", "CaptionBuilder", "image_rng"]
@@ -20,8 +20,12 @@ _DISTINCT_TRIES = 8
 
 @dataclass(frozen=True)
 class Caption:
+    """A caption, the index of its template and the ``(start, end)`` character spans of its
+    attribute phrases (``templates.fill_template_with_spans``; PLIP's IAP masks them)."""
+
     text: str
     template_index: int
+    attribute_spans: tuple[tuple[int, int], ...] = ()
 
 
 def image_rng(seed: int, key: str) -> random.Random:
@@ -64,7 +68,7 @@ class CaptionBuilder:
             cid = attrs.get(attr.name, NEGATIVE_ID)
             if cid == NEGATIVE_ID:
                 continue
-            noun = rng.choice(attr.get(cid).texts)
+            noun = mark_phrase(rng.choice(attr.get(cid).texts))  # its span is recorded
             out.append(AccessoryClause(verb=rng.choice(attr.verbs).replace("{x}", noun),
                                        with_form=rng.choice(attr.with_forms).replace("{x}", noun)))
         return out
@@ -81,8 +85,8 @@ class CaptionBuilder:
             raise KeyError(f"attributes {missing} missing from {dict(attrs)}")
         template = self.templates[rng.randrange(len(self.templates))]
         slots, pronouns = self._slots(attrs, rng)
-        text = fill_template(template, slots, pronouns, self._clauses(attrs, rng))
-        return Caption(text=text, template_index=template.index)
+        text, spans = fill_template_with_spans(template, slots, pronouns, self._clauses(attrs, rng))
+        return Caption(text=text, template_index=template.index, attribute_spans=tuple(spans))
 
     def captions(self, attrs: Mapping[str, str], key: str, seed: int, num: int) -> list[Caption]:
         """``num`` captions for one image, distinct when a few extra draws allow it."""

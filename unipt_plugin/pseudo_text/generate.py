@@ -9,8 +9,12 @@ Layout of a run writing ``<output>`` (default work folder ``<output>.parts/``)::
 Shard ``i`` of ``N`` takes images ``sorted_list[i::N]``. Every file is written atomically, so a
 killed run leaves only whole chunks; a re-run skips them. Each image's captions are drawn from a
 generator seeded by (seed, file path), so they do not depend on the sharding. The merge step
-streams the shards' (sorted) chunks into the annotation file ``[{"file_path", "captions"}]``,
-the sidecar ``<stem>.attributes.json`` and ``<stem>.failed.json``, and gathers the report.
+streams the shards' (sorted) chunks into the annotation file ``[{"file_path", "captions",
+"attribute_spans"}]``, the sidecar ``<stem>.attributes.json`` and ``<stem>.failed.json``, and
+gathers the report. ``attribute_spans`` holds one list per caption (same order) of the
+``[start, end]`` character spans (end exclusive) of its attribute phrases
+(``templates.fill_template_with_spans``), which PLIP's IAP masks; the LUPerson-T reader reads them
+(``unipt_plugin.data.datasets.luperson_t``; files without the field still load).
 """
 from __future__ import annotations
 
@@ -57,6 +61,9 @@ class RunSettings:
     chunk_size: int
     files_sha256: str
     num_images: int
+    # Version of the annotation entries: 2 adds "attribute_spans" (a work folder of version 1,
+    # whose chunks have no spans, is refused rather than merged into a mixed file).
+    annotation_format: int = 2
 
 
 @dataclass
@@ -165,6 +172,7 @@ def _process_chunk(files: list[str], image_root: Path, conq: Conqueror, builder:
                 entries.append({
                     "file_path": key,
                     "captions": [c.text for c in caps],
+                    "attribute_spans": [[list(span) for span in c.attribute_spans] for c in caps],
                     "templates": [c.template_index for c in caps],
                     "attributes": {a: {"id": sel.ids[j][a], "score": round(sel.scores[j][a], 5)} for a in sel.ids[j]},
                 })
@@ -269,7 +277,8 @@ def merge_shards(work_dir: str | os.PathLike, output: str | os.PathLike) -> Repo
                 continue
             sep = "" if first else ","
             first = False
-            out.write(sep + "\n" + json.dumps({"file_path": file_path, "captions": rec["captions"]}, ensure_ascii=False))
+            out.write(sep + "\n" + json.dumps({"file_path": file_path, "captions": rec["captions"],
+                                                "attribute_spans": rec["attribute_spans"]}, ensure_ascii=False))
             side.write(sep + "\n" + json.dumps({"file_path": file_path, "attributes": rec["attributes"],
                                                 "templates": rec["templates"]}, ensure_ascii=False))
             stats.add(rec["attributes"], rec["templates"], rec["captions"])

@@ -12,6 +12,13 @@ Blanks in a template:
     {Subj} {subj} {Poss} {poss} {obj}                pronouns of the gender
     {acc:<style>}    the sentence(s) of the present optional attributes; the whole sentence is
                      dropped when none is present
+
+Attribute spans (PLIP's IAP masks them, docs/choices.md, PLIP): :func:`fill_template_with_spans`
+also returns the character spans ``(start, end)`` of the caption that hold an attribute phrase:
+the phrases filled into {age} {gender} {action} {hair} {upper} {lower} and the nouns of the
+accessory clauses, each marked (:func:`mark_phrase`) before the text is assembled, so that the
+spans follow every later step (articles, whitespace); a leading article ("a", "an", "the") is
+not part of a span ("a red shirt" -> "red shirt").
 """
 from __future__ import annotations
 
@@ -21,7 +28,12 @@ import re
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-__all__ = ["Template", "AccessoryClause", "build_templates", "fill_template", "join_list", "ACCESSORY_STYLES"]
+__all__ = ["Template", "AccessoryClause", "build_templates", "fill_template", "fill_template_with_spans", "join_list",
+           "mark_phrase", "ACCESSORY_STYLES", "SPAN_OPEN", "SPAN_CLOSE"]
+
+#: Private-use characters around an attribute phrase while a caption is assembled (never in the output).
+SPAN_OPEN, SPAN_CLOSE = "\ue000", "\ue001"
+_LEADING_ARTICLE = re.compile(r"(?:a|an|the) ", re.I)
 
 # Openings: (pattern, absorbs_hair). Every opening ends where a clothes suffix may follow.
 _OPENINGS: tuple[tuple[str, bool], ...] = (
@@ -120,8 +132,45 @@ def _accessories(style: str, clauses: Sequence[AccessoryClause], noun_subject: s
     raise ValueError(f"unknown accessory style {style!r}; expected one of {ACCESSORY_STYLES}")
 
 
-_ARTICLE = re.compile(r"\{(A|a)\} (\S)")
+# the next word may begin with a phrase mark: the article follows the phrase's first letter
+_ARTICLE = re.compile(r"\{(A|a)\} (" + SPAN_OPEN + r"?)([^\s" + SPAN_OPEN + r"])")
 _ACC = re.compile(r"\{acc:(\w+)\}")
+
+
+def mark_phrase(text: str) -> str:
+    """``text`` between the attribute-phrase marks (an accessory clause's noun, say):
+    :func:`fill_template_with_spans` records its span and removes the marks."""
+    return SPAN_OPEN + text + SPAN_CLOSE
+
+
+def _unmark(text: str) -> tuple[str, list[tuple[int, int]]]:
+    """Text with marks -> (text without them, spans of the marked phrases, leading articles and
+    surrounding spaces excluded; empty spans dropped)."""
+    out: list[str] = []
+    spans: list[tuple[int, int]] = []
+    length, start = 0, None
+    for part in re.split("([" + SPAN_OPEN + SPAN_CLOSE + "])", text):
+        if part == SPAN_OPEN:
+            if start is not None:
+                raise ValueError(f"nested attribute-phrase marks in {text!r}")
+            start = length
+        elif part == SPAN_CLOSE:
+            if start is None:
+                raise ValueError(f"an attribute-phrase mark closes none in {text!r}")
+            phrase = "".join(out)[start:length]
+            lead = len(phrase) - len(phrase.lstrip())
+            article = _LEADING_ARTICLE.match(phrase, lead)
+            s = article.end() if article else lead
+            e = len(phrase.rstrip())
+            if e > s:
+                spans.append((start + s, start + e))
+            start = None
+        else:
+            out.append(part)
+            length += len(part)
+    if start is not None:
+        raise ValueError(f"an attribute-phrase mark is not closed in {text!r}")
+    return "".join(out), spans
 
 
 def fill_template(
@@ -130,32 +179,45 @@ def fill_template(
     pronouns: Mapping[str, str],
     clauses: Sequence[AccessoryClause],
 ) -> str:
-    """Fill a template.
+    """Fill a template: the caption of :func:`fill_template_with_spans` (its text only)."""
+    return fill_template_with_spans(template, slots, pronouns, clauses)[0]
+
+
+def fill_template_with_spans(
+    template: Template | str,
+    slots: Mapping[str, str],
+    pronouns: Mapping[str, str],
+    clauses: Sequence[AccessoryClause],
+) -> tuple[str, list[tuple[int, int]]]:
+    """Fill a template and locate its attribute phrases.
 
     Args:
         template: a ``Template`` or its text.
         slots: texts for age, gender, action, hair, upper, lower.
         pronouns: {"subject", "object", "possessive"} of the gender (lower case).
-        clauses: the present optional attributes, worded; none -> the accessory sentence is dropped.
+        clauses: the present optional attributes, worded (their nouns marked with
+            :func:`mark_phrase` to be located); none -> the accessory sentence is dropped.
     Returns:
-        The caption: sentences capitalised, ending with a period, single spaces.
+        (caption, spans): the caption (sentences capitalised, ending with a period, single
+        spaces) and the ``(start, end)`` character spans (end exclusive, in text order) of its
+        attribute phrases: the six slots' phrases and the marked clause nouns (module docstring).
     """
     text = template.text if isinstance(template, Template) else template
-    noun_subject = "The " + slots["gender"]
+    marked = {k: mark_phrase(slots[k]) for k in ("age", "gender", "action", "hair", "upper", "lower")}
+    noun_subject = "The " + marked["gender"]
     text = _ACC.sub(lambda m: _accessories(m.group(1), clauses, noun_subject), text)
     subj, obj, poss = pronouns["subject"], pronouns["object"], pronouns["possessive"]
     values = {
         "{Subj}": subj.capitalize(), "{subj}": subj, "{obj}": obj, "{poss}": poss, "{Poss}": poss.capitalize(),
         "{The}": "The",
-        "{age}": slots["age"], "{gender}": slots["gender"], "{action}": slots["action"],
-        "{hair}": slots["hair"], "{upper}": slots["upper"], "{lower}": slots["lower"],
+        **{"{" + k + "}": v for k, v in marked.items()},
     }
     # Fill from a single pass over the blanks so a phrase containing braces is never re-filled.
     text = re.sub(r"\{(Subj|subj|obj|poss|Poss|The|age|gender|action|hair|upper|lower)\}", lambda m: values[m.group(0)], text)
 
     def article(m: re.Match) -> str:
-        word = "an" if m.group(2).lower() in "aeiou" else "a"
-        return (word.capitalize() if m.group(1) == "A" else word) + " " + m.group(2)
+        word = "an" if m.group(3).lower() in "aeiou" else "a"
+        return (word.capitalize() if m.group(1) == "A" else word) + " " + m.group(2) + m.group(3)
 
     text = _ARTICLE.sub(article, text)
-    return " ".join(text.split())
+    return _unmark(" ".join(text.split()))

@@ -5,11 +5,11 @@
 * ``index``: ``GalleryIndex``, a faiss index (flat, IVF-Flat, HNSW) + features + manifest on disk.
 * ``pipeline``: the index / query workflows behind ``tools/search.py``.
 * ``render``: PNG grid and self-contained HTML page of the results.
-* ``export``: TorchScript export of both encoders.
+* ``export``: both encoders as ``torch.export`` programs (.pt2) and ONNX models.
 """
 from ..data.image_files import IMAGE_EXTENSIONS, list_images
 from .encoder import ImageEncoding, SearchEncoder, TextEncoding, load_model
-from .export import ImageEncoder, TextEncoder, export_encoders
+from .export import ExportMismatchError, ImageEncoder, TextEncoder, export_encoders
 from .fingerprint import config_hash, feature_config, weights_hash
 from .index import DEFAULT_PARAMS, KINDS, GalleryIndex, IndexMismatchError, build_faiss_index
 from .pipeline import IndexReport, dataset_gallery, index_folder, search_texts
@@ -17,7 +17,7 @@ from .render import Hit, QueryResult, render_grid_png, render_html, results_to_j
 
 __all__ = [
     "IMAGE_EXTENSIONS", "ImageEncoding", "SearchEncoder", "TextEncoding", "list_images", "load_model",
-    "ImageEncoder", "TextEncoder", "export_encoders",
+    "ExportMismatchError", "ImageEncoder", "TextEncoder", "export_encoders",
     "config_hash", "feature_config", "weights_hash",
     "DEFAULT_PARAMS", "KINDS", "GalleryIndex", "IndexMismatchError", "build_faiss_index",
     "IndexReport", "dataset_gallery", "index_folder", "search_texts",

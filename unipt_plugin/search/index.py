@@ -2,10 +2,29 @@
 
 Layout of an index folder::
 
-    manifest.json          # the commit point: files, hashes, kind, parameters, data file names
+    manifest.json          # the commit point: files, entries, sources, hashes, kind, parameters,
+                           #  data file names
     index.<gen>.faiss      # the faiss index of generation <gen>
     features.<gen>.npy     # (N, D) float32 features in manifest order (the index can be rebuilt
                            #  from them, e.g. with another kind, without re-encoding)
+    crops/<xx>/<name>.jpg  # person crops cut from scene photos and video frames (the files of
+                           #  their entries; written before the manifest that lists them)
+
+Manifest format 2 (format 1, files only, is still read: its entries are whole image files):
+
+* ``files[i]``: the image of row ``i`` (what was encoded): a crop under the folder, written
+  relative to it (``crops/...``; absolute again once loaded, so the folder may be moved), or an
+  absolute path of an image indexed whole;
+* ``entries[i]``: ``null`` for an image indexed whole (detector ``none``), else
+  ``{"source", "frame", "time_s", "box", "det_score"}``: the photo or video it was cut from,
+  the 0-based frame index and its time in seconds (videos; null for photos), the box
+  ``[x, y, w, h]`` in source pixels and the detector's score;
+* ``sources``: per scene photo or video that was completely processed, ``{"kind", "detector",
+  "entries", ...}``: what ``index`` skips on the next run (images indexed whole are skipped by
+  being in ``files``).
+
+File names that are not valid UTF-8 are written as ``\\udcXX`` escapes (see
+``unipt_plugin.data.image_files.json_dumps``) and read back unchanged.
 
 Every save writes a new generation's data files (each through ``atomic_open``) and then
 replaces ``manifest.json`` atomically; only after that are the previous generation's files
@@ -33,7 +52,8 @@ from typing import Any, Sequence
 import faiss
 import numpy as np
 
-from ..utils.io import atomic_open, atomic_write_json
+from ..data.image_files import json_dumps
+from ..utils.io import atomic_open
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +61,11 @@ __all__ = ["GalleryIndex", "IndexMismatchError", "build_faiss_index", "factory_s
            "KINDS"]
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: manifest versions :meth:`GalleryIndex.load` reads
+READABLE_VERSIONS = (1, 2)
+#: keys of an entry's metadata (``entries[i]``; the ``render.Hit`` fields of the same names)
+ENTRY_FIELDS = ("source", "frame", "time_s", "box", "det_score")
 KINDS = ("flat", "ivf", "hnsw")
 # Defaults of every kind's parameters (the CLI flags document them).
 DEFAULT_PARAMS: dict[str, dict[str, int]] = {
@@ -93,8 +117,10 @@ def _set_search_params(index: faiss.Index, kind: str, params: dict[str, int]) ->
 class GalleryIndex:
     """Image paths, their features (N, D) and a faiss index over them, with provenance hashes.
 
-    ``files[i]`` is the path (as given at indexing time, usually absolute) of row ``i`` of
-    ``features`` and of faiss id ``i``.
+    ``files[i]`` is the path (absolute once saved and loaded) of the image of row ``i`` of
+    ``features`` and of faiss id ``i``; ``entries[i]`` its metadata (None for an image indexed
+    whole, else a dict of :data:`ENTRY_FIELDS`); ``sources`` the completely processed scene
+    photos and videos (see the module docstring).
     """
 
     dim: int
@@ -106,6 +132,8 @@ class GalleryIndex:
     features: np.ndarray | None = None
     skipped: list[dict[str, str]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    entries: list[dict[str, Any] | None] = field(default_factory=list)
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)
     _index: faiss.Index | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -114,6 +142,10 @@ class GalleryIndex:
         self.params = {**DEFAULT_PARAMS[self.kind], **{k: int(v) for k, v in self.params.items()}}
         if self.features is None:
             self.features = np.zeros((0, self.dim), dtype=np.float32)
+        if not self.entries:
+            self.entries = [None] * len(self.files)
+        if len(self.entries) != len(self.files):
+            raise ValueError(f"{len(self.entries)} entries for {len(self.files)} files")
 
     # ------------------------------------------------------------------ contents
     def __len__(self) -> int:
@@ -129,13 +161,22 @@ class GalleryIndex:
                 out.append(p)
         return out
 
-    def add(self, paths: Sequence[str], features: np.ndarray) -> None:
-        """Append ``paths`` with their ``features`` (len(paths), D) float32.
+    def add(self, paths: Sequence[str], features: np.ndarray,
+            entries: Sequence[dict[str, Any] | None] | None = None) -> None:
+        """Append ``paths`` with their ``features`` (len(paths), D) float32 and ``entries``
+        (metadata dicts of :data:`ENTRY_FIELDS`, or None per image indexed whole; default all None).
 
         Raises ValueError on a shape mismatch or a path already present.
         """
         if not len(paths) and features.size == 0:
             return
+        entries = [None] * len(paths) if entries is None else list(entries)
+        if len(entries) != len(paths):
+            raise ValueError(f"{len(entries)} entries for {len(paths)} paths")
+        for e in entries:
+            if e is not None and set(e) - set(ENTRY_FIELDS):
+                raise ValueError(f"unknown entry fields {sorted(set(e) - set(ENTRY_FIELDS))}; "
+                                 f"expected {', '.join(ENTRY_FIELDS)}")
         features = np.ascontiguousarray(features, dtype=np.float32)
         if features.ndim != 2 or features.shape != (len(paths), self.dim):
             raise ValueError(f"features of shape {features.shape} for {len(paths)} paths; "
@@ -144,6 +185,7 @@ class GalleryIndex:
         if dup or len(set(paths)) != len(paths):
             raise ValueError(f"paths already in the index: {sorted(dup)[:5] or 'duplicates in the input'}")
         self.files.extend(paths)
+        self.entries.extend({k: e.get(k) for k in ENTRY_FIELDS} if e is not None else None for e in entries)
         self.features = np.concatenate([self.features, features], axis=0)
         if self._index is not None and self._index.is_trained:
             self._index.add(features)
@@ -229,6 +271,7 @@ class GalleryIndex:
         index = self.faiss_index
         gen = uuid.uuid4().hex[:12]
         index_name, feat_name = f"index.{gen}.faiss", f"features.{gen}.npy"
+        inside = os.path.realpath(directory) + os.sep
         manifest = {
             "format_version": FORMAT_VERSION,
             "dim": self.dim,
@@ -239,7 +282,9 @@ class GalleryIndex:
             "num_files": len(self.files),
             "index_file": index_name,
             "features_file": feat_name,
-            "files": self.files,
+            "files": [_relative_to(f, inside) for f in self.files],
+            "entries": self.entries,
+            "sources": self.sources,
             "skipped": self.skipped,
             "info": self.info,
         }
@@ -249,7 +294,7 @@ class GalleryIndex:
                 np.save(f, self.features)
             with atomic_open(directory / index_name, "wb") as f:
                 _write_faiss(index, f)
-            atomic_write_json(directory / MANIFEST, manifest, indent=1)  # the commit point
+            _write_manifest(directory / MANIFEST, manifest)  # the commit point
         except BaseException:
             # the previous manifest and its files are untouched; drop this generation's files
             for name in (index_name, feat_name):
@@ -280,10 +325,20 @@ class GalleryIndex:
         """
         directory = Path(directory)
         m = _read_manifest(directory)
+        version = m.get("format_version", 1) if isinstance(m, dict) else None
+        if version not in READABLE_VERSIONS:
+            raise ValueError(f"{directory / MANIFEST}: index format_version {version!r}; this version of the "
+                             f"tools reads {', '.join(map(str, READABLE_VERSIONS))} (newer tools made it?)")
         try:
+            files = [str(f) for f in m["files"]]
+            if version >= 2:  # paths relative to the index folder (its crops)
+                files = [f if os.path.isabs(f) or f.startswith("arrow:") else os.path.join(os.path.abspath(directory), f)
+                         for f in files]
+            entries = list(m.get("entries") or [None] * len(files)) if version >= 2 else [None] * len(files)
             gi = cls(dim=int(m["dim"]), config_hash=m["config_hash"], weights_hash=m["weights_hash"],
-                     kind=m["kind"], params=dict(m["params"]), files=list(m["files"]),
-                     skipped=list(m.get("skipped", [])), info=dict(m.get("info", {})))
+                     kind=m["kind"], params=dict(m["params"]), files=files,
+                     skipped=list(m.get("skipped", [])), info=dict(m.get("info", {})),
+                     entries=entries, sources=dict(m.get("sources") or {}) if version >= 2 else {})
             index_file, feat_file = directory / m["index_file"], directory / m["features_file"]
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{directory / MANIFEST}: malformed manifest ({e!r})") from e
@@ -316,6 +371,20 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+
+def _relative_to(path: str, inside: str) -> str:
+    """``path`` relative (POSIX) to the folder ``inside`` (real path + separator) when it lies in it."""
+    if path.startswith("arrow:") or not os.path.isabs(path):
+        return path
+    real = os.path.realpath(path)
+    return Path(os.path.relpath(real, inside)).as_posix() if real.startswith(inside) else path
+
+
+def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    """Write the manifest atomically as UTF-8 JSON (undecodable file names as ``\\udcXX`` escapes)."""
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        f.write(json_dumps(manifest, indent=1))
 
 
 def _write_faiss(index: faiss.Index, f) -> None:

@@ -1,7 +1,8 @@
 """Optimiser and learning-rate schedule builders for UniPT.
 
-Parameter groups by module prefix ("part"): ``visual.`` (SOLVER.VISUAL_LR), ``text.``
-(SOLVER.TEXT_LR), and the "head": everything else (projections, classifiers, PGU, MLM head,
+Parameter groups by module prefix ("part"): ``visual.`` (SOLVER.VISUAL_LR; also ``backbone.``,
+the visual encoder of fast-reid's ``Baseline`` in image-ReID runs, whose ``heads.`` are then the
+head), ``text.`` (SOLVER.TEXT_LR), and the "head": everything else (projections, classifiers, PGU, MLM head,
 temperature) at SOLVER.BASE_LR x SOLVER.HEADS_LR_FACTOR; a VISUAL_LR / TEXT_LR of 0 means
 BASE_LR. With SOLVER.PART_LR > 0 a fourth part, "parts", takes the PGU's part projections
 (``pgu.part_proj``) and the part classifiers (``part_classifiers.*``) out of the head, at
@@ -52,6 +53,8 @@ _NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
                nn.modules.batchnorm._NormBase)  # _NormBase covers BatchNorm*/InstanceNorm*/SyncBN
 _OPTIMIZERS = {"Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}
 _PARTS = ("visual", "text", "head", "parts")  # "visual." and "text." prefixes; the head is the rest
+# Module prefixes of the encoder parts ("backbone.": fast-reid's Baseline, image ReID).
+_PART_MODULES = {"visual": ("visual.", "backbone."), "text": ("text.",)}
 _KINDS = ("weight", "norm", "bias", "scalar")
 # The "parts" part (SOLVER.PART_LR > 0): the PGU's part projections and the part classifiers.
 _PART_PARAM_NAMES = ("pgu.part_proj",)
@@ -122,7 +125,7 @@ def param_group_specs(cfg, model: nn.Module) -> list[dict[str, Any]]:
             continue
         bare = name.removeprefix("module.")
         child = bare.split(".", 1)[0]
-        part = next((g for g in ("visual", "text") if bare.startswith(g + ".")), "head")
+        part = next((g for g, prefixes in _PART_MODULES.items() if bare.startswith(prefixes)), "head")
         if part == "head" and split_parts and _is_part_param(bare):
             part = "parts"
         kind = kinds[id(p)]

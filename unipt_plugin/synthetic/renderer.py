@@ -45,7 +45,7 @@ def _pattern(img: np.ndarray, mask: np.ndarray, kind: str, rgb, step: int) -> No
 
 
 def render_person(identity: PersonIdentity, view_seed: int, size: tuple[int, int] = (128, 64),
-                  return_layout: bool = False):
+                  return_layout: bool = False, return_mask: bool = False):
     """Render one view of ``identity``.
 
     Args:
@@ -53,12 +53,17 @@ def render_person(identity: PersonIdentity, view_seed: int, size: tuple[int, int
         size: (H, W) of the image.
     Returns:
         uint8 RGB image (H, W, 3); with ``return_layout`` also a dict of boolean masks (H, W)
-        of the regions ``torso``, ``lower`` (lower clothes), ``head``, ``above_head``.
+        of the regions ``torso``, ``lower`` (lower clothes), ``head``, ``above_head``; with
+        ``return_mask`` also (last) the boolean mask (H, W) of the pixels the person (with
+        accessories and vehicle) covers: pixels changed from the background before the view
+        corruptions, less the part hidden by the occlusion corruption. The image itself is the
+        same with or without these flags.
     """
     a = identity.attributes
     H, W = size
     rng = np.random.default_rng(view_seed)
     img = _background(H, W, rng)
+    background = img.copy() if return_mask else None
     scale = identity.height * float(rng.uniform(0.88, 1.0))
     ph = scale * H  # person height in pixels
     cx = W / 2 + float(rng.uniform(-0.12, 0.12)) * W
@@ -213,6 +218,7 @@ def render_person(identity: PersonIdentity, view_seed: int, size: tuple[int, int
     # the layout keeps only what is still visible of each garment
     masks["lower"] &= np.all(img == shown_lower, axis=2).astype(np.uint8)
     masks["torso"] &= np.all(img == shown_torso, axis=2).astype(np.uint8)
+    person = np.any(img != background, axis=2) if return_mask else None
     # view corruptions: lighting, occlusion, blur
     img = np.clip(img.astype(np.float32) * float(rng.uniform(0.75, 1.2)) + float(rng.uniform(-15, 15)), 0, 255).astype(np.uint8)
     if rng.random() < 0.15:  # an obstacle hides part of the legs
@@ -220,8 +226,13 @@ def render_person(identity: PersonIdentity, view_seed: int, size: tuple[int, int
         cv2.rectangle(img, (0, y0), (W, H), _c(rng.integers(30, 200, 3)), -1)
         for m in masks.values():
             m[y0:] = 0
+        if person is not None:
+            person[y0:] = False
     if rng.random() < 0.3:
         img = cv2.GaussianBlur(img, (3, 3), float(rng.uniform(0.3, 1.0)))
+    out = [img]
     if return_layout:
-        return img, {k: v.astype(bool) for k, v in masks.items()}
-    return img
+        out.append({k: v.astype(bool) for k, v in masks.items()})
+    if return_mask:
+        out.append(person)
+    return out[0] if len(out) == 1 else tuple(out)

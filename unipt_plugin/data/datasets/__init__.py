@@ -4,6 +4,7 @@ from .cuhk_pedes import CUHKPEDES, CUHKPEDESVal
 from .icfg_pedes import ICFGPEDES
 from .luperson_t import LUPersonT
 from .rstpreid import RSTPReid
+from .synth_pedes import SYNTHPEDES
 
 __all__ = ["TextImageDataset", "DatasetFormatError", "CUHKPEDES", "CUHKPEDESVal", "ICFGPEDES", "RSTPReid",
-           "LUPersonT"]
+           "LUPersonT", "SYNTHPEDES"]

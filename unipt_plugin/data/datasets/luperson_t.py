@@ -13,10 +13,21 @@ ids, so every image is its own identity: pid = image index (0..N-1, the order of
 which keeps identity-balanced samplers and the ID-classifier bookkeeping working. Both layouts
 give the same items (captions stripped, empty ones skipped and repeated ones kept once, with
 the same warnings) when the packed file was written from the JSON by ``tools/pack_dataset.py``.
+
+**Attribute spans** (PLIP's IAP; read only when a pre-training has MODEL.PRETRAIN.IAP_WEIGHT > 0):
+an entry of the JSON layout may hold ``"attribute_spans"``, one list per caption (the order of
+``captions``) of ``[start, end]`` character spans (end exclusive) of the caption's attribute
+phrases, as the pseudo-text generator writes them (docs/pseudo_texts.md). They are kept per
+training item in ``train_attribute_spans`` (``unipt_plugin.data.attribute_spans``), shifted to
+the stripped caption; a caption without them (an older file, an entry without the field, a
+caption merged in from a second entry of the same image) is marked "not recorded", and IAP then
+matches the vocabulary's phrases in it. The packed layout carries no spans (the vocabulary is
+matched). A malformed field is an error naming the entry, the field and the value.
 """
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -24,19 +35,37 @@ from typing import Any
 import numpy as np
 from fastreid.data.datasets import DATASET_REGISTRY
 
+from ..attribute_spans import NOT_RECORDED, encode_spans
 from ..serialize import TRAIN_ITEM, PackedItems, pack_strings
 from .arrow_layout import COLUMNS, PACKED_SUFFIX, check_packed_images, image_ref, read_packed_annotations
 from .base import SplitImages, TextImageDataset, _CaptionCounts
 
-__all__ = ["LUPersonT"]
+__all__ = ["LUPersonT", "SPANS_KEY"]
+
+logger = logging.getLogger(__name__)
 
 _DEFAULT_ANNOTATION = "luperson_t.json"
 _DEFAULT_IMAGE_DIR = "imgs"
+#: the entry field of the attribute spans (module docstring)
+SPANS_KEY = "attribute_spans"
+# separator of the captions' encoded spans in one entry's string while the file is parsed
+_CAPTION_SEP = "|"
 
 
 @DATASET_REGISTRY.register()
 class LUPersonT(TextImageDataset):
-    """LUPerson-T: one training identity per image, one item per caption; no test split."""
+    """LUPerson-T: one training identity per image, one item per caption; no test split.
+
+    Args (besides the base class's):
+        attribute_spans: read the entries' ``attribute_spans`` (module docstring); None (default)
+            = when cfg is a pre-training with MODEL.PRETRAIN.IAP_WEIGHT > 0.
+
+    Attributes:
+        train_attribute_spans: ``PackedItems`` of one encoded span string per training item
+            (``attribute_spans.decode_spans``; ``NOT_RECORDED`` where the file has none), or None
+            when the spans were not read.
+        num_recorded_captions: training captions with recorded spans (0 when not read).
+    """
 
     folder = "LUPerson-T"
     path_key = "file_path"
@@ -46,12 +75,20 @@ class LUPersonT(TextImageDataset):
     test_split = None
     example_entry = '{"file_path": "images/000001.jpg", "captions": ["A photo of a young man ..."]}'
 
-    def __init__(self, root: str, cfg: Any = None, **kwargs: Any) -> None:
+    def __init__(self, root: str, cfg: Any = None, attribute_spans: bool | None = None, **kwargs: Any) -> None:
         node = getattr(getattr(cfg, "DATASETS", None), "LUPERSON_T", None)
         self.annotation_file = str(getattr(node, "ANNOTATION", _DEFAULT_ANNOTATION))
         self.image_subdir = str(getattr(node, "IMAGE_DIR", _DEFAULT_IMAGE_DIR))
         #: True when ANNOTATION names a packed Arrow file
         self.packed = self.annotation_file.lower().endswith(PACKED_SUFFIX)
+        if attribute_spans is None:
+            model = getattr(cfg, "MODEL", None)
+            attribute_spans = (str(getattr(model, "META_ARCHITECTURE", "")) == "UniPTPretrain"
+                               and float(getattr(getattr(model, "PRETRAIN", None), "IAP_WEIGHT", 0.0)) > 0)
+        self.read_attribute_spans = bool(attribute_spans)
+        self.train_attribute_spans: PackedItems | None = None
+        self.num_recorded_captions = 0
+        self._entry_spans: list[str | None] = []
         super().__init__(root, cfg, **kwargs)
 
     def resolve_annotation_path(self) -> str:
@@ -78,7 +115,14 @@ class LUPersonT(TextImageDataset):
 
     def read_splits(self) -> dict[str, SplitImages]:
         if not self.packed:
-            return super().read_splits()
+            if not self.read_attribute_spans:
+                return super().read_splits()
+            entries = self._load_json()
+            self._entry_spans = [self._spans_of(entry, index) for index, entry in enumerate(entries)]
+            return self._parse(entries)
+        if self.read_attribute_spans:
+            logger.info("%s: the packed layout carries no attribute spans; IAP matches the vocabulary's phrases",
+                        self.name)
         packed = read_packed_annotations(self.annotation_path, self.name)
         images = SplitImages()
         rows = packed.rows.tolist()
@@ -106,10 +150,68 @@ class LUPersonT(TextImageDataset):
         self._report_captions(counts)
         return {self.train_split: images}
 
+    def _spans_of(self, entry: Any, index: int) -> str | None:
+        """The entry's spans for its kept captions (stripped, empty and repeated ones skipped, as
+        the base class keeps them), encoded and joined by "|"; None without the field. Entries
+        the base class refuses are left to it."""
+        if not isinstance(entry, dict) or SPANS_KEY not in entry:
+            return None
+        captions, spans = entry.get("captions"), entry[SPANS_KEY]
+        if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
+            return None  # the base class's error
+        if not isinstance(spans, list) or len(spans) != len(captions):
+            raise self._bad(index, SPANS_KEY, spans, f"a list of {len(captions)} span lists, one per caption "
+                            "(each [[start, end], ...] character offsets of its attribute phrases)")
+        kept: list[str] = []
+        seen: set[str] = set()
+        for c_index, (caption, caption_spans) in enumerate(zip(captions, spans)):
+            field = f"{SPANS_KEY}[{c_index}]"
+            if not isinstance(caption_spans, list):
+                raise self._bad(index, field, caption_spans, "a list of [start, end] character spans")
+            for span in caption_spans:
+                if (not isinstance(span, list) or len(span) != 2 or not all(type(v) is int for v in span)
+                        or not 0 <= span[0] < span[1] <= len(caption)):
+                    raise self._bad(index, field, span, f"[start, end] integers with 0 <= start < end <= "
+                                    f"{len(caption)} (the length of captions[{c_index}])")
+            stripped = caption.strip()
+            if not stripped or stripped in seen:
+                continue
+            seen.add(stripped)
+            lead = len(caption) - len(caption.lstrip())
+            shifted = [(max(a - lead, 0), min(b - lead, len(stripped))) for a, b in caption_spans]
+            kept.append(encode_spans(sorted((a, b) for a, b in shifted if b > a)))
+        return _CAPTION_SEP.join(kept) if kept else None
+
+    def _attach_attribute_spans(self, images: SplitImages, num_items: int) -> None:
+        """``train_attribute_spans``: per training item, in item order (images with text in order,
+        their captions in order), its entry's recorded spans or NOT_RECORDED."""
+        column: list[str] = []
+        recorded = 0
+        entry_spans = self._entry_spans
+        for captions, entry in zip(images.captions, images.entries):
+            if not captions:
+                continue
+            joined = entry_spans[entry] if entry_spans else None
+            mine = joined.split(_CAPTION_SEP) if joined is not None else []
+            mine = mine[:len(captions)]
+            recorded += len(mine)
+            column.extend(mine)
+            column.extend([NOT_RECORDED] * (len(captions) - len(mine)))
+        self._entry_spans = []
+        if len(column) != num_items:  # pragma: no cover - the base class's item order
+            raise AssertionError(f"{len(column)} attribute span records for {num_items} items")
+        self.train_attribute_spans = PackedItems.from_columns([column], ("str",))
+        self.num_recorded_captions = recorded
+        logger.info("%s: attribute spans recorded for %d of %d training captions (the others: vocabulary phrases)",
+                    self.name, recorded, num_items)
+
     def _build_train(self, images: SplitImages) -> tuple[PackedItems, int, int]:
         clean = getattr(self, "_clean_captions", None)
         if not self.packed or clean is None:
-            return super()._build_train(images)
+            items, num, num_classes = super()._build_train(images)
+            if self.read_attribute_spans and not self.packed:
+                self._attach_attribute_spans(images, len(items))
+            return items, num, num_classes
         # the packed file's captions as they are (see PackedAnnotations.clean): the same items
         # as the general path, without a Python string per caption
         counts, caption_field = clean

@@ -5,7 +5,10 @@ first token, T2I.POOL = "cls"). PGU (MODEL.PGU.*) gives part features. Losses:
 ID_WEIGHT * L_id + RANK_WEIGHT * L_rk on the global embeddings and PGU_WEIGHT (gamma) *
 (L_id on the parts + L_rk on the normalised concatenation). Inference (T2I.TEST_SCORE):
 "global" -> normalise(g); "pgu" -> the PGU feature; "sum" -> cat(normalise(g), PGU feature),
-whose inner product is the sum of the two cosines.
+whose inner product is the sum of the two cosines. PLIP's losses on the global embeddings are
+options (docs/choices.md, PLIP; 0 = off): IVLC_WEIGHT * L_ivlc (identity-level contrast at
+IVLC_TEMPERATURE), CMPM_WEIGHT * L_cmpm and CMPC_WEIGHT * L_cmpc (its norm-softmax classifier
+``cmpc_classifier`` is built only when CMPC_WEIGHT > 0).
 
 Choices of ours: the ID classifiers see the un-normalised global embedding and un-normalised
 parts; with PGU_WEIGHT = 0 (and PGU.ENABLED) the PGU is not run in training and is frozen
@@ -26,8 +29,8 @@ from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
 from torch import nn
 
 from ...data.common import RANKING_SEED_STREAM
-from ..losses import (PartClassifiers, SharedClassifier, identity_loss, part_identity_loss,
-                      ranking_loss)
+from ..losses import (CMPM_TARGET_NORMS, NormSoftmaxClassifier, PartClassifiers, SharedClassifier, cmpc_loss,
+                      cmpm_loss, identity_loss, ivlc_loss, part_identity_loss, ranking_loss)
 from ..pgu import PGU
 from ..text_encoders import build_text_encoder
 from .common import (ImageNormalizer, check_finite_losses, compile_encoders, masked_max_pool, seeds_generator,
@@ -39,6 +42,19 @@ __all__ = ["UniPTT2I"]
 
 _POOLS = ("max", "cls")
 _TEST_SCORES = ("global", "pgu", "sum")
+
+
+def _check_plip_options(ivlc_weight: float, ivlc_temperature: float, cmpm_weight: float, cmpc_weight: float,
+                        cmpm_eps: float, cmpm_target_norm: str) -> None:
+    for key, value in (("IVLC_WEIGHT", ivlc_weight), ("CMPM_WEIGHT", cmpm_weight), ("CMPC_WEIGHT", cmpc_weight)):
+        if not float(value) >= 0:
+            raise ValueError(f"MODEL.T2I.{key} must be >= 0 (0 = off), got {value}")
+    if not float(ivlc_temperature) > 0:
+        raise ValueError(f"MODEL.T2I.IVLC_TEMPERATURE must be > 0, got {ivlc_temperature}")
+    if not float(cmpm_eps) > 0:
+        raise ValueError(f"MODEL.T2I.CMPM_EPS must be > 0 (it keeps log(q + eps) finite), got {cmpm_eps}")
+    if cmpm_target_norm not in CMPM_TARGET_NORMS:
+        raise ValueError(f"MODEL.T2I.CMPM_TARGET_NORM must be one of {CMPM_TARGET_NORMS}, got {cmpm_target_norm!r}")
 
 
 def _check_options(pool: str, test_score: str, pgu_enabled: bool) -> None:
@@ -71,9 +87,14 @@ class UniPTT2I(nn.Module):
             pgu_weight, test_score, gather_negatives, classifier_std: MODEL.T2I.{POOL,
             POOL_MASK_PADDING, RANK_MARGIN, RANK_HARDEST_FALLBACK, ID_WEIGHT, RANK_WEIGHT,
             PGU_WEIGHT, TEST_SCORE, GATHER_NEGATIVES, CLASSIFIER_STD}.
+        ivlc_weight, ivlc_temperature, cmpm_weight, cmpc_weight, cmpm_eps, cmpm_target_norm:
+            MODEL.T2I.{IVLC_WEIGHT, IVLC_TEMPERATURE, CMPM_WEIGHT, CMPC_WEIGHT, CMPM_EPS,
+            CMPM_TARGET_NORM}: PLIP's losses on the global embeddings (0 = off).
         torch_compile: MODEL.COMPILE (see ``compile_encoders``).
-    Train: ``forward(batch)`` -> {"loss_id", "loss_rank", "loss_pgu_id", "loss_pgu_rank"}
-        (a term whose weight is 0 is left out).
+    Train: ``forward(batch)`` -> {"loss_id", "loss_rank", "loss_pgu_id", "loss_pgu_rank",
+        "loss_ivlc", "loss_cmpm", "loss_cmpc"} (a term whose weight is 0 is left out; the last
+        three are off by default). IVLC and CMPM score against the candidates of every process
+        under GATHER_NEGATIVES (means over anchors: not scaled by W); CMPC needs no candidates.
         The semi-hard negatives of both ranking losses are drawn from a generator made for the
         step on the model's device and seeded from the batch's "seeds" (the samples' seeds that
         the training collator adds; ``seeds_generator``, stream RANKING_SEED_STREAM): a
@@ -99,9 +120,12 @@ class UniPTT2I(nn.Module):
                  pool_mask_padding: bool = True, rank_margin: float = 0.2, hardest_fallback: bool = False,
                  id_weight: float = 1.0, rank_weight: float = 1.0, pgu_weight: float = 1.0,
                  test_score: str = "sum", gather_negatives: bool = True, classifier_std: float = 0.001,
-                 torch_compile: bool = False) -> None:
+                 torch_compile: bool = False, ivlc_weight: float = 0.0, ivlc_temperature: float = 1.0,
+                 cmpm_weight: float = 0.0, cmpc_weight: float = 0.0, cmpm_eps: float = 1e-8,
+                 cmpm_target_norm: str = "l1") -> None:
         super().__init__()
         _check_options(pool, test_score, pgu is not None)
+        _check_plip_options(ivlc_weight, ivlc_temperature, cmpm_weight, cmpc_weight, cmpm_eps, cmpm_target_norm)
         num_classes = int(num_classes)
         self.visual = visual
         self.text = text
@@ -136,6 +160,13 @@ class UniPTT2I(nn.Module):
         else:
             self.part_classifiers = None
         self.gather_negatives = bool(gather_negatives)
+        self.ivlc_weight, self.ivlc_logit_scale = float(ivlc_weight), 1.0 / float(ivlc_temperature)
+        self.cmpm_weight, self.cmpc_weight = float(cmpm_weight), float(cmpc_weight)
+        self.cmpm_eps, self.cmpm_target_norm = float(cmpm_eps), str(cmpm_target_norm)
+        # Built last, and only when used, so that every other parameter draws the same init as
+        # without it and checkpoints / DDP's static graph are those of a model without CMPC.
+        self.cmpc_classifier = (NormSoftmaxClassifier(embed_dim, num_classes)
+                                if self.cmpc_weight > 0 and num_classes > 0 else None)
         compile_encoders(self, bool(torch_compile))
 
     @classmethod
@@ -146,6 +177,8 @@ class UniPTT2I(nn.Module):
         is built from MODEL.PGU over their widths when MODEL.PGU.ENABLED."""
         t = cfg.MODEL.T2I
         _check_options(t.POOL, t.TEST_SCORE, bool(cfg.MODEL.PGU.ENABLED))  # before building the encoders
+        _check_plip_options(t.IVLC_WEIGHT, t.IVLC_TEMPERATURE, t.CMPM_WEIGHT, t.CMPC_WEIGHT, t.CMPM_EPS,
+                            t.CMPM_TARGET_NORM)
         visual = visual if visual is not None else build_backbone(cfg)
         text = text if text is not None else build_text_encoder(cfg)
         pgu = PGU(cfg, image_dim=visual.out_dim, text_dim=text.out_dim) if cfg.MODEL.PGU.ENABLED else None
@@ -157,7 +190,10 @@ class UniPTT2I(nn.Module):
                 "id_weight": float(t.ID_WEIGHT), "rank_weight": float(t.RANK_WEIGHT),
                 "pgu_weight": float(t.PGU_WEIGHT), "test_score": str(t.TEST_SCORE),
                 "gather_negatives": bool(t.GATHER_NEGATIVES), "classifier_std": float(t.CLASSIFIER_STD),
-                "torch_compile": bool(cfg.MODEL.COMPILE)}
+                "torch_compile": bool(cfg.MODEL.COMPILE),
+                "ivlc_weight": float(t.IVLC_WEIGHT), "ivlc_temperature": float(t.IVLC_TEMPERATURE),
+                "cmpm_weight": float(t.CMPM_WEIGHT), "cmpc_weight": float(t.CMPC_WEIGHT),
+                "cmpm_eps": float(t.CMPM_EPS), "cmpm_target_norm": str(t.CMPM_TARGET_NORM)}
 
     @property
     def device(self) -> torch.device:
@@ -192,7 +228,8 @@ class UniPTT2I(nn.Module):
             return self._features(self.text(b["text_ids"], b["text_mask"]), "text", b["text_mask"])
         if self.classifier is None:
             raise ValueError("UniPTT2I was built with MODEL.HEADS.NUM_CLASSES = 0 (inference only) and cannot "
-                             "train; the trainer sets the number of classes from the training data")
+                             "train (the ID and CMPC classifiers need the classes); the trainer sets the number "
+                             "of classes from the training data")
         for key in ("images", "text_ids", "text_mask", "targets"):
             if key not in batch:
                 raise KeyError(f"UniPTT2I training batch lacks '{key}' (has {sorted(batch)})")
@@ -219,4 +256,15 @@ class UniPTT2I(nn.Module):
             losses["loss_pgu_rank"] = self.pgu_weight * ranking_loss(
                 feat_img, feat_txt, targets, self.margin, generator, self.hardest_fallback,
                 gather=self.gather_negatives)
+        if self.ivlc_weight:
+            losses["loss_ivlc"] = self.ivlc_weight * ivlc_loss(
+                g_img, g_txt, targets, self.ivlc_logit_scale, gather=self.gather_negatives)
+        if self.cmpm_weight:
+            losses["loss_cmpm"] = self.cmpm_weight * cmpm_loss(
+                g_img, g_txt, targets, self.cmpm_eps, self.cmpm_target_norm, gather=self.gather_negatives)
+        if self.cmpc_weight:
+            losses["loss_cmpc"] = self.cmpc_weight * cmpc_loss(g_img, g_txt, targets, self.cmpc_classifier.weight)
+        if not losses:
+            raise ValueError("UniPTT2I has no loss to train: MODEL.T2I.ID_WEIGHT, RANK_WEIGHT, PGU_WEIGHT (or "
+                             "MODEL.PGU.ENABLED), IVLC_WEIGHT, CMPM_WEIGHT and CMPC_WEIGHT are all 0 / off")
         return check_finite_losses(losses)
