@@ -285,6 +285,36 @@ def test_loader_batches_carry_recorded_and_fallback_masks(lup_root, tmp_path, be
         assert torch.equal(batch["iap_ids"][row][~picked], ids[~picked])
 
 
+SYNTH = [  # (id, attributes, caption, the tokens IAP masks by hand)
+    (7, "man,black hair,black shirt,pink shorts,black shoes,unknown",
+     "The man with short black hair is wearing a black t-shirt.", ["man", "black", "hair", "black"]),
+    (8, "woman,long hair,red coat,blue jeans,white shoes,backpack",
+     "A woman in a red coat and blue jeans carries a backpack.", ["woman", "red", "coat", "blue", "jeans", "backpack"]),
+]
+
+
+def test_synth_pedes_attributes_after_another_dataset(lup_root, tmp_path, bert):
+    from unipt_plugin.data import build_t2i_train_loader
+
+    folder = os.path.join(lup_root, "SYNTH-PEDES")
+    entries = []
+    for pid, attributes, caption, _ in SYNTH:
+        write_image(os.path.join(folder, "Part1", str(pid), "1.jpg"), (64, 32), pid)
+        entries.append({"id": pid, "file_path": f"Part1/{pid}/1.jpg", "attributes": [attributes],
+                        "captions": [caption], "prompt_caption": []})
+    with open(os.path.join(folder, "synthpedes_dataset.json"), "w") as f:
+        json.dump(entries, f)
+    cfg = _setup(lup_root, str(tmp_path), "DATASETS.NAMES", '("LUPersonT", "SYNTHPEDES")', "SOLVER.IMS_PER_BATCH", "10")
+    batch = next(iter(build_t2i_train_loader(cfg)))
+    # SYNTH-PEDES's images follow LUPerson-T's 8: image ids 8 and 9 (its attributes by its own ids)
+    rows = {int(i): r for r, i in enumerate(batch["img_ids"].tolist()) if i >= 8}
+    assert sorted(rows) == [8, 9]
+    for image_id, (_, _, _, tokens) in zip((8, 9), SYNTH):
+        r = rows[image_id]
+        picked = batch["iap_labels"][r] != IGNORE_INDEX
+        assert bert.hf.convert_ids_to_tokens(batch["text_ids"][r][picked].tolist()) == tokens
+
+
 def test_two_iteration_tiny_pretraining_with_every_task(lup_root, tmp_path):
     from fastreid.utils.events import EventStorage
 

@@ -12,7 +12,6 @@ Chromium or Playwright missing is a failure, not a skip: ``make browser`` instal
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path

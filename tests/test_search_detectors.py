@@ -175,6 +175,10 @@ def test_onnx_detector_returns_the_models_boxes_in_source_pixels(tmp_path, layou
     half = np.ascontiguousarray(image[::2, ::2])
     got_half = [(*d.box, d.score) for d in det.detect(half, source_size=(320, 240))]
     np.testing.assert_allclose(got_half, _EXPECTED, atol=1e-3)
+    # a portrait source (240 wide, 320 high): resized to 48x64, 8 pixels of padding left and right
+    tall = np.random.default_rng(1).integers(0, 255, (320, 240, 3), dtype=np.uint8)
+    np.testing.assert_allclose([(*d.box, d.score) for d in det.detect(tall)],
+                               [(10, 60, 100, 140, 0.9), (160, 50, 60, 140, 0.6)], atol=1e-3)
     # another person class picks the class-2 box: input (0, 20, 20, 50) -> source (0, 60, 100, 150)
     det2 = build_detector(f"onnx:{model}", DetectorOptions(detector_size=64, min_height=10, person_class=2))
     np.testing.assert_allclose([(*d.box, d.score) for d in det2.detect(image)], [(0, 60, 100, 150, 0.95)], atol=1e-3)

@@ -188,8 +188,9 @@ def cmd_index(args: argparse.Namespace) -> int:
     options = replace(options, detector_options=replace(det, device=str(cfg.MODEL.DEVICE)))
     report = index_folder(encoder, cfg, args.images, args.index, kind=args.kind, params=_index_params(args),
                           progress=not args.no_progress, options=options)
-    print(f"{args.index}: {report.total} entries indexed ({report.encoded} new, {report.found} images and "
-          f"videos found under {args.images}{', index rebuilt' if report.rebuilt else ''})")
+    print(f"{args.index}: {report.total} entries indexed ({report.encoded} new; {report.found} images and "
+          f"videos found under {args.images}, {report.already} of them indexed before and kept as they were"
+          f"{'; index rebuilt' if report.rebuilt else ''})")
     if report.detections or report.videos:
         print(f"detectors: images {report.detectors['images']}, videos {report.detectors['videos']}; "
               f"{report.detections} person boxes, {report.videos} video(s), {report.frames} frames sampled, "

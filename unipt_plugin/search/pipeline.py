@@ -93,7 +93,8 @@ class IndexReport:
     the faiss index was rebuilt with another kind; ``videos``: videos indexed this run;
     ``frames``: video frames sampled; ``detections``: person boxes found (photos and frames);
     ``duplicates``: video crops dropped as near-duplicates; ``detectors``: the detector used for
-    images and for videos.
+    images and for videos; ``already``: images and videos found that the index held already
+    (kept as they were indexed, not read again).
     """
 
     found: int
@@ -106,6 +107,7 @@ class IndexReport:
     detections: int = 0
     duplicates: int = 0
     detectors: dict[str, str] = field(default_factory=dict)
+    already: int = 0
 
 
 def resolve_detectors(spec: str, num_images: int, num_videos: int) -> tuple[str, str]:
@@ -410,6 +412,7 @@ def index_folder(encoder: SearchEncoder, cfg: Any, images_dir: str | os.PathLike
 
     # ---------------------------------------------------------------- videos
     videos = [v for v in scan.videos if v not in done_sources]
+    report.already = len(scan.images) - len(todo) + len(scan.videos) - len(videos)
     if videos:
         detector = build_detector(video_spec, opts.detector_options)
         try:
