@@ -196,6 +196,57 @@ def test_index_of_another_model_or_config_is_refused(tiny, gallery_dir, tmp_path
     assert rc == 0, err
 
 
+def test_config_hash_ignores_training_only_loss_keys_but_not_feature_keys(tiny):
+    """Loss weights and temperatures, PLIP's losses and pre-training task settings leave the
+    config hash as it is; a key that changes the features (test size, test score, pooling) changes
+    it. Independently of the hash code: the same weights loaded into a model built with those
+    loss keys changed give bit-identical eval features."""
+    from unipt_plugin.data.tokenizer import build_tokenizer
+    from unipt_plugin.search import config_hash
+    from unipt_plugin.search.fingerprint import IGNORED_MODEL_KEYS
+
+    cfg, weights = tiny
+    base = config_hash(cfg)
+    for key in IGNORED_MODEL_KEYS:  # every entry names a key (or sub-tree) of the config: no typos
+        node = cfg
+        for part in key.split("."):
+            assert part in node, f"{key}: no such config key"
+            node = node[part]
+    losses = ["MODEL.T2I.CMPM_WEIGHT", "0.5", "MODEL.T2I.IVLC_WEIGHT", "0.3", "MODEL.T2I.IVLC_TEMPERATURE", "0.07",
+              "MODEL.T2I.CMPM_EPS", "1e-6", "MODEL.T2I.CMPM_TARGET_NORM", "l2", "MODEL.T2I.RANK_HARDEST_FALLBACK",
+              "True", "MODEL.T2I.ID_WEIGHT", "0.5", "MODEL.T2I.RANK_MARGIN", "0.3"]
+    loss_cfg = setup_cfg(CONFIG, OPTS + ["MODEL.WEIGHTS", weights] + losses)
+    assert config_hash(loss_cfg) == base
+    for key, value in (("MODEL.T2I.CMPC_WEIGHT", 1.0), ("MODEL.PRETRAIN.CONTRASTIVE_WEIGHT", 0.0),
+                       ("MODEL.PRETRAIN.IVLC_WEIGHT", 1.0), ("MODEL.PRETRAIN.IAP_WEIGHT", 1.0),
+                       ("MODEL.PRETRAIN.IAP.LAYERS", 3), ("MODEL.PRETRAIN.IAP.PHRASE_PROB", 0.5),
+                       ("MODEL.PRETRAIN.TIC_WEIGHT", 1.0), ("MODEL.PRETRAIN.TIC.LOSS_BETA", 0.3),
+                       ("MODEL.PRETRAIN.TIC.SCALE", 2), ("MODEL.T2I.LINEAR_PROBE", True),
+                       ("MODEL.VISUAL.DROPOUT", 0.2), ("MODEL.TEXT.DROPOUT", 0.2)):
+        changed = cfg.clone()
+        changed.defrost()
+        *parents, leaf = key.split(".")
+        node = changed
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+        assert config_hash(changed) == base, key
+    for key, value in (("INPUT.SIZE_TEST", "[32, 16]"), ("MODEL.T2I.TEST_SCORE", "global"),
+                       ("MODEL.T2I.POOL", "cls"), ("MODEL.PGU.NUM_PROTOTYPES", "2"), ("INPUT.TEXT.MAX_LENGTH", "16")):
+        assert config_hash(setup_cfg(CONFIG, OPTS + ["MODEL.WEIGHTS", weights, key, value])) != base, key
+
+    rng = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (3, 3, *cfg.INPUT.SIZE_TEST), generator=rng, dtype=torch.uint8)
+    tok = build_tokenizer(cfg)(["a man in a red coat", "a woman with a black bag and blue jeans"])
+    batch = {"text_ids": tok["input_ids"], "text_mask": tok["attention_mask"]}
+    feats = []
+    for c in (cfg, loss_cfg):
+        model = load_model(c)
+        with torch.no_grad():
+            feats.append((model({"images": images}), model(batch)))
+    assert torch.equal(feats[0][0], feats[1][0]) and torch.equal(feats[0][1], feats[1][1])
+
+
 def test_over_long_query_is_truncated_with_a_warning(tiny, caplog):
     cfg, weights = tiny
     enc = SearchEncoder(load_model(cfg), cfg)

@@ -369,6 +369,70 @@ def test_scene_entries_show_their_source_frame_with_the_box_drawn(scenes):
         assert c.get(f"/image/{i}").content == Path(gallery.files[i]).read_bytes()
 
 
+def test_exif_rotated_source_photo_is_served_upright_with_the_box_on_the_person(world, tmp_path):
+    """A photo stored landscape (200 x 120) with EXIF orientation 6 (shown rotated 90 degrees
+    clockwise: upright 120 x 200) and a green person whose box, in upright pixels, comes from a
+    MOT file: /source/<id> is the upright frame (the transposed size, the same pixels as
+    PIL's own ``exif_transpose``), the red outline lies on the person's box, the person's green
+    fills it, and it is the image the PNG grid / HTML page draw (``render.source_with_box``)."""
+    from PIL import ImageOps
+
+    from unipt_plugin.search.pipeline import SceneOptions
+    from unipt_plugin.search.render import Hit, source_with_box
+
+    cfg = world[0]
+    up_w, up_h, (bx, by, bw, bh) = 120, 200, (30, 40, 50, 130)
+    upright = np.zeros((up_h, up_w, 3), np.uint8)
+    upright[:] = (90, 110, 170)  # a blue-grey street
+    upright[by:by + bh, bx:bx + bw] = (20, 210, 40)  # the person, exactly their box
+    stored = np.ascontiguousarray(np.rot90(upright, k=1))  # 90 degrees anticlockwise: what the camera stored
+    assert stored.shape == (up_w, up_h, 3)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(photos / "rotated.jpg", exif=exif.tobytes(), quality=95)
+    with Image.open(photos / "rotated.jpg") as im:  # PIL's own reading: upright, as designed above
+        assert im.size == (up_h, up_w)
+        pil_upright = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    assert pil_upright.shape == (up_h, up_w, 3)
+    assert np.abs(pil_upright.astype(int) - upright.astype(int)).mean() < 4
+    gt = tmp_path / "gt.txt"
+    gt.write_text(f"1,1,{bx},{by},{bw},{bh},1,-1,-1,-1\n")
+    index_dir = tmp_path / "idx"
+    encoder = SearchEncoder(load_model(cfg), cfg, num_threads=1)
+    index_folder(encoder, cfg, photos, index_dir, options=SceneOptions(detector=f"boxes:{gt}"))
+    gallery = GalleryIndex.load(index_dir)
+    assert len(gallery) == 1 and gallery.entries[0]["box"] == [bx, by, bw, bh]
+
+    with TestClient(create_app(SearchService(encoder, gallery, index_dir))) as c:
+        hit = c.get("/api/search", params={"q": "a person in green", "k": 1}).json()["hits"][0]
+        assert hit["box"] == [bx, by, bw, bh] and hit["source"] == str(photos / "rotated.jpg")
+        r = c.get(hit["source_url"])
+        assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+        crop = np.asarray(Image.open(io.BytesIO(c.get(hit["image_url"]).content)).convert("RGB")).astype(int)
+    got, red = _red_outline(r.content)
+    assert got.shape[:2] == (up_h, up_w)  # upright: the stored size transposed
+    ys, xs = np.nonzero(red)
+    assert abs(xs.min() - bx) <= 1 and abs(ys.min() - by) <= 1
+    assert abs(xs.max() - (bx + bw - 1)) <= 1 and abs(ys.max() - (by + bh - 1)) <= 1
+    rgb = got[..., ::-1].astype(int)
+    t = 6  # inside the outline: the person's pixels; outside: the street
+    inner = rgb[by + t:by + bh - t, bx + t:bx + bw - t].reshape(-1, 3).mean(axis=0)
+    assert inner[1] > 180 and inner[0] < 60 and inner[2] < 80, inner
+    outside = np.ones(red.shape, bool)
+    outside[max(0, by - t):by + bh + t, max(0, bx - t):bx + bw + t] = False
+    np.testing.assert_allclose(rgb[outside].mean(axis=0), (90, 110, 170), atol=6)
+    # the crop that was encoded is the person, cut upright (taller than wide)
+    assert crop.shape[:2] == (bh, bw) and crop[..., 1].mean() > 180 and crop[..., 0].mean() < 60
+    # the grid / HTML page draw the same frame with the same box
+    drawn = source_with_box(Hit(path="", score=0.0, rank=1, source=hit["source"], box=tuple(hit["box"])),
+                            server_module.SOURCE_MAX_SIDE)
+    assert drawn.shape == got.shape
+    diff = np.abs(drawn.astype(int) - got.astype(int)).max(axis=2)
+    assert np.median(diff) <= 2 and diff.mean() < 6  # up to the served JPEG's loss (quality 88)
+
+
 def test_serve_command_loads_once_checks_the_index_and_warns_off_loopback(world, tmp_path, monkeypatch, capsys):
     cfg, weights, index_dir, files = world
     import uvicorn

@@ -185,3 +185,15 @@ def test_colourise_differs_between_captions_only_through_the_text(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="no tic_decoder"):
         colourise(_model(**{"MODEL.PRETRAIN.TIC_WEIGHT": 0.0}), image, captions, WordTokenizer())
+
+
+def test_demo_colour_variants_change_one_garment_colour_word():
+    from unipt_plugin.synthetic.demo_report import colour_variants
+
+    caption = "A man with black short hair wears a plain blue shirt and gray jeans."
+    out = colour_variants(caption, 2)
+    assert out[0] == caption and len(out) == 3
+    for variant, colour in zip(out[1:], ("red", "green")):  # hair colour skipped, "blue" replaced
+        assert variant == caption.replace("plain blue shirt", f"plain {colour} shirt")
+    with pytest.raises(ValueError, match="names no colour"):
+        colour_variants("a person walking", 2)

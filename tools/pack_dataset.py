@@ -7,7 +7,9 @@
 
 The rows are the images as ``LUPersonT`` reads them from the JSON (same order, captions
 stripped, empty and repeated ones dropped, every listed image checked), so the packed file gives
-the same training items. Resumable: parts of --rows-per-part rows are written under
+the same training items; the entries' ``attribute_spans`` (what the pseudo-text generator
+records, read by PLIP's IAP) go into the ``attribute_spans`` column, shifted to the stripped
+captions, so IAP masks the same phrases from either layout. Resumable: parts of --rows-per-part rows are written under
 ``<output>.parts/`` (each atomically); re-running the same command after an interruption
 continues with the missing parts; different inputs or settings start over. The output is
 written to a temporary file next to it and renamed when complete. Columns and the row
@@ -30,7 +32,8 @@ from unipt_plugin.data.transforms import ImageReadError  # noqa: E402
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--annotation", required=True, help="the JSON list of {'file_path', 'captions'}")
+    p.add_argument("--annotation", required=True,
+                   help="the JSON list of {'file_path', 'captions'} (and 'attribute_spans', when recorded)")
     p.add_argument("--image-dir", required=True, help="folder the file_path of each entry is relative to")
     p.add_argument("--output", required=True, help="the .arrow file to write")
     p.add_argument("--rows-per-part", type=int, default=65536,

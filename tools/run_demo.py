@@ -19,8 +19,9 @@ place on a terminal and printed every 15 s otherwise.
     python tools/run_demo.py                    # the README's main job
     python tools/run_demo.py --seeds 0 1 2      # the 3-seed comparison
     python tools/run_demo.py --ablate-mlm --ablate-pgu
-    python tools/run_demo.py --paper-tables     # the paper's Tables 2, 5, 6 in miniature, 3 seeds:
-                                                # reports/demo/paper_tables.md
+    python tools/run_demo.py --plip             # PLIP's pretext tasks beside UniPT's, with a colourisation
+    python tools/run_demo.py --paper-tables     # the paper's Tables 2, 5, 6 in miniature and PLIP's
+                                                # tasks beside UniPT's, 3 seeds: reports/demo/paper_tables.md
     python tools/run_demo.py --pgu-experiments  # PGU variants on the val split, seeds 0 1:
                                                 # reports/demo/pgu_experiments.md
 """
@@ -67,6 +68,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="the paper's tables in miniature: both ablations, fine-tuning from a generic pre-trained text "
                         "encoder (MiniLM), from scratch with a 3x schedule, with the authors' PGU settings, and the "
                         "zero-shot evaluation of the pre-trained model; writes <report-dir>/paper_tables.md")
+    p.add_argument("--plip", dest="plip", action="store_true", default=None,
+                   help="also pre-train with PLIP's tasks (IVLC + TIC + IAP) and with UniPT's losses + TIC + IAP, "
+                        "each fine-tuned and evaluated zero-shot; the report shows PLIP's text-guided "
+                        "colourisation (on by default with --paper-tables)")
+    p.add_argument("--no-plip", dest="plip", action="store_false", help="with --paper-tables, leave the PLIP runs out")
     p.add_argument("--pgu-experiments", action="store_true",
                    help="fine-tuning variants of PGU (loss weight, schedule, token count, the authors' settings, "
                         "scoring) evaluated on the val split only; writes <report-dir>/pgu_experiments.md "
@@ -74,6 +80,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.seeds is None:
         args.seeds = [0, 1, 2] if args.paper_tables else [0, 1] if args.pgu_experiments else [0]
+    if args.plip is None:
+        args.plip = args.paper_tables
     if args.paper_tables:
         args.ablate_mlm = args.ablate_pgu = True
     if args.pgu_experiments:
@@ -322,6 +330,13 @@ GENERIC_TEXT_OPTS = ["MODEL.TEXT.NAME", "BertTextEncoder", "MODEL.TEXT.WEIGHTS",
 # --paper-tables: the authors' PGU settings (LGUR's code; docs/choices.md) at the demo's widths:
 # q/k/v without bias, no dropout, patch tokens only, Kaiming-normal part projections, and the
 # parts' learning rate 10x the base rate (the authors: 1e-3 against 1e-4).
+# --paper-tables: PLIP's pretext tasks (issue 16) on the same pool. PLIP's lambdas are not known
+# here, so TIC and IAP weigh 1 (docs/choices.md, PLIP). On LUPerson-T every image is its own
+# identity, so IVLC is UniPT's contrastive loss: "both" keeps L_con + MLM and adds TIC and IAP.
+PLIP_TASKS_OPTS = ["MODEL.PRETRAIN.CONTRASTIVE_WEIGHT", "0.0", "MODEL.PRETRAIN.MLM_WEIGHT", "0.0",
+                   "MODEL.PRETRAIN.IVLC_WEIGHT", "1.0", "MODEL.PRETRAIN.TIC_WEIGHT", "1.0",
+                   "MODEL.PRETRAIN.IAP_WEIGHT", "1.0"]
+PLIP_BOTH_OPTS = ["MODEL.PRETRAIN.TIC_WEIGHT", "1.0", "MODEL.PRETRAIN.IAP_WEIGHT", "1.0"]
 AUTHORS_PGU_OPTS = ["MODEL.PGU.QKV_BIAS", "False", "MODEL.PGU.DROPOUT", "0.0", "MODEL.PGU.IMAGE_TOKENS", "patches",
                     "MODEL.PGU.PART_INIT", "kaiming_normal", "SOLVER.PART_LR", "3.0e-3"]
 
@@ -405,15 +420,16 @@ def main(argv=None) -> int:
         runs.setdefault(name, {})[seed] = out
         return out
 
-    def zero_shot(seed: int, pre: str) -> str:
-        """The pre-trained model evaluated on the labeled test split as it is (no fine-tuning)."""
-        out = os.path.join(work, f"seed{seed}", ZERO_SHOT_RUN)
+    def zero_shot(seed: int, pre: str, name: str = ZERO_SHOT_RUN, opts: tuple[str, ...] = ()) -> str:
+        """The pre-trained model evaluated on the labeled test split as it is (no fine-tuning);
+        ``opts`` are the pre-training's own (the model built as it was trained)."""
+        out = os.path.join(work, f"seed{seed}", name)
         if not os.path.exists(os.path.join(out, "eval_results.json")):
             run([py, "tools/train_net.py", "--config-file", "configs/Synthetic/pretrain.yml", "--eval-only",
                  "MODEL.WEIGHTS", os.path.join(pre, "model_final.pth"), "DATASETS.ROOT", data,
-                 "DATASETS.TESTS", '("CUHKPEDES",)', "OUTPUT_DIR", out, "SEED", str(seed), "MODEL.DEVICE", "cpu"],
-                os.path.join(work, "logs", f"seed{seed}_{ZERO_SHOT_RUN}.log"))
-        runs.setdefault(ZERO_SHOT_RUN, {})[seed] = out
+                 "DATASETS.TESTS", '("CUHKPEDES",)', "OUTPUT_DIR", out, "SEED", str(seed), "MODEL.DEVICE", "cpu",
+                 *opts], os.path.join(work, "logs", f"seed{seed}_{name}.log"))
+        runs.setdefault(name, {})[seed] = out
         return out
 
     val_runs: dict[str, dict[int, str]] = {}
@@ -442,13 +458,21 @@ def main(argv=None) -> int:
             train("unipt_no_pgu", seed, "configs/Synthetic/finetune.yml",
                   ["MODEL.WEIGHTS", os.path.join(pre, "model_final.pth"), "MODEL.T2I.PGU_WEIGHT", "0.0",
                    "MODEL.PGU.ENABLED", "False", "MODEL.T2I.TEST_SCORE", "global"])
+        if args.plip:
+            print(f"[5/6] PLIP's tasks: pre-training, fine-tuning, zero-shot (seed {seed})", flush=True)
+            for tag, opts in (("plip", PLIP_TASKS_OPTS), ("both", PLIP_BOTH_OPTS)):
+                pre_p = train(f"pretrain_{tag}", seed, "configs/Synthetic/pretrain.yml", opts)
+                train("plip_tasks" if tag == "plip" else "plip_both", seed, "configs/Synthetic/finetune.yml",
+                      ["MODEL.WEIGHTS", os.path.join(pre_p, "model_final.pth")])
+                zero_shot(seed, pre_p, f"zeroshot_{tag}", tuple(opts))
         if args.paper_tables:
-            train("minilm", seed, "configs/Synthetic/finetune.yml", ["MODEL.WEIGHTS", "", *GENERIC_TEXT_OPTS])
             train("scratch_3x", seed, "configs/Synthetic/finetune.yml", ["MODEL.WEIGHTS", ""],
                   epochs=3 * sc["finetune_epochs"])
             train("unipt_pgu_authors", seed, "configs/Synthetic/finetune.yml",
                   ["MODEL.WEIGHTS", os.path.join(pre, "model_final.pth"), *AUTHORS_PGU_OPTS])
             zero_shot(seed, pre)
+            # last: the generic text encoder makes it the slowest fine-tuning by far
+            train("minilm", seed, "configs/Synthetic/finetune.yml", ["MODEL.WEIGHTS", "", *GENERIC_TEXT_OPTS])
         if args.pgu_experiments:
             print(f"[5/6] PGU experiments on the val split (seed {seed})", flush=True)
             pre_ckpt = os.path.join(pre, "model_final.pth")
@@ -470,21 +494,31 @@ def main(argv=None) -> int:
         print(f"PGU experiments: {report}/pgu_experiments.md")
     if args.paper_tables:
         all_runs = {n: {s: final_metrics(d) for s, d in per_seed.items()} for n, per_seed in runs.items()
-                    if n not in ("pretrain", "pretrain_no_mlm")}
+                    if not n.startswith("pretrain")}
         tables_md = write_paper_tables(report, all_runs, machine=machine_description())
         print(tables_md)
         print(f"paper tables: {report}/paper_tables.md")
-    from unipt_plugin.synthetic.demo_report import write_report
+    from unipt_plugin.synthetic.demo_report import write_colourisation_example, write_report
+
+    from unipt_plugin.synthetic.scene_search_example import write_scene_search_example
+
+    extra = [clip_md, os.path.join(report, "pseudo_texts", "report.md")]
+    unipt_dir = runs["unipt"][args.seeds[0]]  # a described person found in synthetic street scenes
+    extra.append(write_scene_search_example(report, work, os.path.join(unipt_dir, "config.yaml"),
+                                            os.path.join(unipt_dir, "model_final.pth"), seed=args.world_seed))
+    if "pretrain_plip" in runs:  # PLIP's TIC: one person colourised under captions differing in a colour word
+        extra.append(write_colourisation_example(report, runs["pretrain_plip"][args.seeds[0]], data))
 
     labels = {"unipt": "fine-tuned from UniPT", "scratch": "fine-tuned from scratch",
-              "unipt_no_mlm": "from UniPT without MLM (beta = 0)", "unipt_no_pgu": "from UniPT without PGU (gamma = 0)"}
+              "unipt_no_mlm": "from UniPT without MLM (beta = 0)", "unipt_no_pgu": "from UniPT without PGU (gamma = 0)",
+              "plip_tasks": "from PLIP's tasks (IVLC + TIC + IAP)", "plip_both": "from UniPT's losses + TIC + IAP"}
     results = {labels[n]: {s: final_metrics(d) for s, d in runs[n].items()} for n in labels if n in runs}
     first = args.seeds[0]
     md = write_report(report, results, loss_runs={"pre-training": runs["pretrain"][first],
                                                   "fine-tuning from UniPT": runs["unipt"][first],
                                                   "fine-tuning from scratch": runs["scratch"][first]},
                       finetune_dir=runs["unipt"][first], data_root=data,
-                      extra_sections=[clip_md, os.path.join(report, "pseudo_texts", "report.md")],
+                      extra_sections=extra,
                       elapsed_s=time.time() - t_start)
     print(md)
     print(f"report: {report}/README.md")

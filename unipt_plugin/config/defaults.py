@@ -53,8 +53,9 @@ def add_unipt_config(cfg: CN) -> CN:
     _C.DATASETS.ROOT = "datasets"
     # LUPerson-T: annotation file (relative to <ROOT>/LUPerson-T or absolute) and image folder.
     # An ANNOTATION ending in ".arrow" selects the packed layout: one Arrow IPC file holding the
-    # images and captions (columns image, caption, image_id, split; written from the JSON +
-    # folder layout by tools/pack_dataset.py); IMAGE_DIR is then not used (datasets/README.md).
+    # images and captions (columns image, caption, image_id, split, and attribute_spans for IAP;
+    # written from the JSON + folder layout by tools/pack_dataset.py); IMAGE_DIR is then not used
+    # (datasets/README.md).
     _C.DATASETS.LUPERSON_T = CN()
     _C.DATASETS.LUPERSON_T.ANNOTATION = "luperson_t.json"
     _C.DATASETS.LUPERSON_T.IMAGE_DIR = "imgs"
@@ -273,6 +274,13 @@ def add_unipt_config(cfg: CN) -> CN:
     _C.MODEL.T2I.GATHER_NEGATIVES = True
     # Init std of the shared identity classifier's weights.
     _C.MODEL.T2I.CLASSIFIER_STD = 0.001
+    # Linear probing (docs/evaluation.md, Transfer modes): the visual and text encoders are frozen
+    # for the whole run (requires_grad False, so out of the optimiser and of DDP; kept in eval mode,
+    # so their dropout / drop-path are off and BatchNorm statistics do not change) and everything
+    # else trains (projections, ID classifiers, PGU, CMPC classifier). Refused with
+    # MODEL.VISUAL.GRAD_CHECKPOINTING / MODEL.TEXT.GRAD_CHECKPOINTING, with MODEL.FREEZE_LAYERS naming
+    # visual / text (SOLVER.FREEZE_ITERS > 0) and in pre-training. False = full fine-tuning.
+    _C.MODEL.T2I.LINEAR_PROBE = False
     # PLIP's losses on the global embeddings (docs/choices.md, PLIP); 0 = off, nothing built.
     # IVLC (as in pre-training, over the batch's identities) and its temperature: logits = cos / T.
     _C.MODEL.T2I.IVLC_WEIGHT = 0.0

@@ -7,8 +7,9 @@ from the text fused with the image. The phrases come, per dataset of DATASETS.NA
   entry's ``captions``, ``attribute_spans``: one list per caption of ``[start, end]`` character
   spans (end exclusive) of the phrases it filled in (``pseudo_text.templates``); the reader keeps
   them per training item (``LUPersonT.train_attribute_spans``, encoded by :func:`encode_spans`).
-  A caption without recorded spans (an older file, the packed layout, an entry without the
-  field) falls back to the vocabulary below;
+  The packed layout carries them in its ``attribute_spans`` column. A caption without recorded
+  spans (an older file, a file packed before that column, an entry without the field) falls back
+  to the vocabulary below;
 * **SYNTH-PEDES's** ``attributes`` (``SYNTHPEDES.attributes_of``): each phrase of the image
   ("black hair") is found in the caption as a whole (case-insensitive, whole words); a phrase
   that does not occur as a whole ("black shirt" in "... a black t-shirt ...") is found word by

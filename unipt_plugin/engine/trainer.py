@@ -88,10 +88,10 @@ class UniPTTrainer(DefaultTrainer):
         """DistributedDataParallel over the processes of the group: one GPU per process on CUDA
         (the model already on this rank's GPU), the CPU with gloo. Buffers are constants (pixel
         statistics, position ids), so they are not broadcast. Modules that a config leaves without
-        gradients are frozen by the meta-architectures, so no trainable parameter is unused and
-        ``find_unused_parameters`` is not needed. ``static_graph`` (every step runs the same
-        graph) when SOLVER.ACCUM_STEPS is 1: torch's DDP with ``static_graph`` fails under
-        ``no_sync``, which gradient accumulation uses."""
+        gradients are frozen by the meta-architectures (the encoders under MODEL.T2I.LINEAR_PROBE
+        too), so no trainable parameter is unused and ``find_unused_parameters`` is not needed.
+        ``static_graph`` (every step runs the same graph) when SOLVER.ACCUM_STEPS is 1: torch's DDP
+        with ``static_graph`` fails under ``no_sync``, which gradient accumulation uses."""
         unused = [n for n, p in model.named_parameters() if not p.requires_grad]
         if unused:
             logger.info("DDP: %d frozen parameter tensors are not synchronised (e.g. %s)", len(unused), unused[0])

@@ -18,7 +18,8 @@ from ..utils.plots import plot_loss_curves, plot_metric_bars
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["summarise", "results_table", "retrieval_grid", "write_report"]
+__all__ = ["summarise", "results_table", "retrieval_grid", "colour_variants", "write_colourisation_example",
+           "write_report"]
 
 METRICS = ("Rank-1", "Rank-5", "Rank-10", "mAP", "mINP")
 
@@ -62,6 +63,73 @@ def retrieval_grid(finetune_dir: str, data_root: str, out_png: str, num_queries:
             hit.correct = pid_of_path.get(hit.path) == pid
     render_grid_png(results, out_png)
     return results
+
+
+def colour_variants(caption: str, num_variants: int = 2) -> list[str]:
+    """``caption`` and ``num_variants`` copies whose first colour word of a garment (the synthetic
+    world's :data:`~unipt_plugin.synthetic.attributes.COLORS`; a colour with "hair" in the next
+    two words is skipped) is replaced by another colour, the most saturated first (red, blue, green, yellow, ...).
+    Raises ValueError when the caption names no such colour."""
+    from .attributes import COLORS
+
+    words = caption.split(" ")
+    at = next((i for i, w in enumerate(words) if w.strip(".,;").lower() in COLORS
+               and "hair" not in [x.strip(".,;").lower() for x in words[i + 1:i + 3]]), None)
+    if at is None:
+        raise ValueError(f"caption names no colour of {COLORS}: {caption!r}")
+    own = words[at].strip(".,;").lower()
+    out = [caption]
+    vivid = ("red", "blue", "green", "yellow", "purple", "orange", "pink", "brown", "black", "white", "gray")
+    for colour in [c for c in vivid if c in COLORS and c != own][:num_variants]:
+        out.append(" ".join(words[:at] + [words[at].lower().replace(own, colour)] + words[at + 1:]))
+    return out
+
+
+def write_colourisation_example(report_dir: str, pretrain_dir: str, data_root: str, num_variants: int = 2) -> str:
+    """PLIP's text-guided colourisation (TIC) in the report: the first synthetic test person whose
+    caption names a colour, colourised by the pre-trained model in ``pretrain_dir`` (``config.yaml``
+    + ``model_final.pth``, pre-trained with MODEL.PRETRAIN.TIC_WEIGHT > 0) under its caption and
+    ``num_variants`` copies that differ in that one colour word. Writes ``colourisation.png`` and
+    ``colourisation.md`` into ``report_dir``; returns the Markdown file's path."""
+    import numpy as np
+    from PIL import Image
+
+    from ..data.tokenizer import build_tokenizer
+    from ..modeling.plip_tasks.colourise import colourise, write_colourisation_figure
+
+    cfg = setup_cfg(os.path.join(pretrain_dir, "config.yaml"), ["DATASETS.ROOT", data_root])
+    model = load_model(cfg, os.path.join(pretrain_dir, "model_final.pth"))
+    dataset = DATASET_REGISTRY.get("CUHKPEDES")(root=data_root, cfg=cfg)
+    path_of_pid = {}
+    for path, pid, *_ in dataset.gallery:
+        path_of_pid.setdefault(int(pid), str(path))
+    captions = None
+    for caption, pid in dataset.query:
+        try:
+            captions = colour_variants(caption, num_variants)
+        except ValueError:
+            continue
+        image_path = path_of_pid[int(pid)]
+        break
+    if captions is None:
+        raise ValueError(f"no test caption of {data_root} names a colour")
+    height, width = (int(v) for v in cfg.INPUT.SIZE_TRAIN)
+    with Image.open(image_path) as img:
+        pixels = np.asarray(img.convert("RGB").resize((width, height), Image.BICUBIC))
+    image = np.ascontiguousarray(pixels.transpose(2, 0, 1))  # (3, H, W) uint8
+    colourised = colourise(model, image, captions, build_tokenizer(cfg))
+    png = os.path.join(report_dir, "colourisation.png")
+    write_colourisation_figure(png, image, captions, colourised,
+                               title="text-guided colourisation (TIC), one synthetic test person")
+    md = "\n".join([
+        "## PLIP's text-guided colourisation", "",
+        "The model pre-trained with PLIP's tasks sees the gray view of one test image and colours it under "
+        "its caption and under copies that differ in one colour word (the luma is the image's own; only the "
+        f"predicted chroma, at 1/{int(cfg.MODEL.PRETRAIN.TIC.SCALE)} resolution, comes from the model):", "",
+        *[f"- {c}" for c in captions], "", "![colourisation](colourisation.png)", ""])
+    out = os.path.join(report_dir, "colourisation.md")
+    atomic_write_text(out, md)
+    return out
 
 
 def write_report(report_dir: str, results: Mapping[str, Mapping[int, Mapping[str, float]]],

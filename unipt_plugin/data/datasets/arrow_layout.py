@@ -9,6 +9,14 @@ row), one row per image, in record batches:
     image_id   any integer type, no nulls, unique        the image's id
     split      string (or large_string)                  "train" ("val" / "test" rows are not used)
 
+and one optional column (files packed before it existed lack it; they load, and IAP then
+matches the vocabulary's phrases in their captions):
+
+    attribute_spans  list<list<list<integer>>> (any list / large_list, any integer type)
+                     per caption (the order of ``caption``, as many), the [start, end] character
+                     spans (end exclusive) of its attribute phrases in the caption as stored; a
+                     null caption entry (or a null row) = spans not recorded
+
 An item's image path refers to a row as ``"arrow:<absolute path of the file>#<row>"`` (row =
 0-based over the whole file, :func:`image_ref`). ``read_image`` recognises the ``arrow:``
 prefix and calls :func:`read_packed_image`, which opens the file lazily, once per process
@@ -23,6 +31,8 @@ decompressed batch instead.
 
 :func:`read_packed_annotations` reads the caption / image_id / split columns (memory-mapped;
 the image column is not touched), validates them and returns one record per used row;
+:func:`read_packed_attribute_spans` reads the used rows' captions and attribute spans (PLIP's IAP:
+only when a pre-training masks them);
 :func:`pack_luperson_t` writes the layout from the JSON + image-folder layout (what
 ``tools/pack_dataset.py`` runs): resumable (parts of ``rows_per_part`` rows are written under
 ``<output>.parts/``, each atomically; an interrupted pack continues with the missing parts when
@@ -53,8 +63,10 @@ from ...utils.io import atomic_open, atomic_write_json
 from ..transforms import ImageReadError
 from .base import DatasetFormatError
 
-__all__ = ["PACKED_PREFIX", "PACKED_SUFFIX", "COLUMNS", "image_ref", "parse_image_ref", "read_packed_image",
-           "PackedAnnotations", "read_packed_annotations", "check_packed_images", "pack_luperson_t", "PackResult",
+__all__ = ["PACKED_PREFIX", "PACKED_SUFFIX", "COLUMNS", "SPANS_COLUMN", "OPTIONAL_COLUMNS", "image_ref",
+           "parse_image_ref", "read_packed_image",
+           "PackedAnnotations", "read_packed_annotations", "PackedAttributeSpans", "read_packed_attribute_spans",
+           "check_packed_images", "pack_luperson_t", "PackResult",
            "arrow_schema"]
 
 logger = logging.getLogger(__name__)
@@ -66,16 +78,26 @@ PACKED_SUFFIX = ".arrow"
 #: column -> what it holds (for errors and docs)
 COLUMNS = {"image": "binary (the image file's bytes)", "caption": "list<string> (the image's captions)",
            "image_id": "integer (unique per row)", "split": "string ('train')"}
+#: the optional column of the captions' attribute spans (module docstring)
+SPANS_COLUMN = "attribute_spans"
+#: optional column -> what it holds
+OPTIONAL_COLUMNS = {SPANS_COLUMN: "list<list<list<integer>>> (per caption, its attribute phrases' [start, end] "
+                                  "character spans; null = not recorded)"}
 _USED_SPLIT = "train"
 _KNOWN_SPLITS = ("train", "val", "test")
-_PACK_VERSION = 1
+# 2: the attribute_spans column (parts of version 1 lack it and are not reused)
+_PACK_VERSION = 2
 
 
 def arrow_schema() -> Any:
     """The schema :func:`pack_luperson_t` writes (a ``pyarrow.Schema``)."""
 
     return pa.schema([("image", pa.binary()), ("caption", pa.list_(pa.string())), ("image_id", pa.int64()),
-                      ("split", pa.string())])
+                      ("split", pa.string()), (SPANS_COLUMN, _spans_type())])
+
+
+def _spans_type() -> Any:
+    return pa.list_(pa.list_(pa.list_(pa.int32())))
 
 
 def image_ref(path: str, row: int) -> str:
@@ -339,6 +361,72 @@ def read_packed_annotations(path: str, name: str = "LUPersonT") -> PackedAnnotat
         pa.default_memory_pool().release_unused()  # the compute kernels' temporaries
 
 
+@dataclass
+class PackedAttributeSpans:
+    """The used rows' (split == "train", in row order) captions and attribute spans, as stored.
+
+    Attributes:
+        rows: int64 (R,) index of each used row (as ``PackedAnnotations.rows``).
+        captions: per used row, its captions (uncleaned, as in the file).
+        spans: per used row, None (a null row: not recorded) or one entry per caption: None (not
+            recorded) or its ``[[start, end], ...]`` character spans (the JSON layout's field).
+    """
+
+    rows: np.ndarray
+    captions: list[list[str]]
+    spans: list[list[list[list[int]] | None] | None]
+
+
+def _is_list(t: Any) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t)
+
+
+def read_packed_attribute_spans(path: str, name: str = "LUPersonT") -> PackedAttributeSpans | None:
+    """The ``attribute_spans`` column of the used rows with their captions; None when the file has
+    no such column (packed before it existed). The spans' values are checked by the reader
+    (``LUPersonT``), which knows how the captions are cleaned.
+
+    Raises:
+        DatasetFormatError: the column is of another type than list<list<list<integer>>>, or a
+            row's spans list has another length than its caption list; naming the file, the
+            column and the row.
+    """
+
+    path = os.path.abspath(path)
+    try:
+        mm = pa.memory_map(path, "r")
+        table = pa.ipc.open_file(mm).read_all()
+    except pa.ArrowInvalid as e:
+        raise _fail(name, path, f"not an Arrow IPC file ({e})") from e
+    try:
+        if SPANS_COLUMN not in table.column_names:
+            return None
+        t = table.schema.field(SPANS_COLUMN).type
+        if not (_is_list(t) and _is_list(t.value_type) and _is_list(t.value_type.value_type)
+                and pa.types.is_integer(t.value_type.value_type.value_type)):
+            raise _fail(name, path, f"column {SPANS_COLUMN!r} is {t}, not {OPTIONAL_COLUMNS[SPANS_COLUMN]}")
+        used = pc.equal(table.column("split"), _USED_SPLIT).to_numpy(zero_copy_only=False)
+        rows = np.flatnonzero(used).astype(np.int64)
+        part = table.select(["caption", SPANS_COLUMN])
+        if len(rows) < table.num_rows:
+            part = part.filter(pa.array(used))
+        n_caps = pc.list_value_length(part.column("caption")).to_numpy(zero_copy_only=False)
+        spans_col = part.column(SPANS_COLUMN)
+        null_row = pc.is_null(spans_col).to_numpy(zero_copy_only=False)
+        n_spans = pc.fill_null(pc.list_value_length(spans_col), 0).to_numpy(zero_copy_only=False)
+        bad = np.flatnonzero(~null_row & (n_spans != n_caps))
+        if len(bad):
+            i = int(bad[0])
+            raise _fail(name, path, f"row {int(rows[i])}: column {SPANS_COLUMN!r} has {int(n_spans[i])} span lists "
+                                    f"for the row's {int(n_caps[i])} captions (one per caption, null = not recorded)")
+        return PackedAttributeSpans(rows=rows, captions=part.column("caption").to_pylist(),
+                                    spans=spans_col.to_pylist())
+    finally:
+        del table
+        mm.close()
+        pa.default_memory_pool().release_unused()
+
+
 def check_packed_images(path: str, rows: np.ndarray, name: str = "LUPersonT") -> None:
     """Refuse rows of ``rows`` whose image is null or 0 bytes (ImageReadError naming the file and rows).
 
@@ -389,31 +477,40 @@ def _read_file(path: str, decode_check: bool) -> bytes:
     return data
 
 
-def _images_of(annotation: str, image_dir: str) -> tuple[list[str], list[list[str]]]:
-    """(image paths, captions per image) as the JSON layout's LUPersonT reads them (validated, every
-    listed image checked to exist; images without a non-empty caption left out)."""
+def _images_of(annotation: str, image_dir: str) -> tuple[list[str], list[list[str]], list[list[Any]]]:
+    """(image paths, captions per image, their attribute spans) as the JSON layout's LUPersonT reads
+    them (validated, every listed image checked to exist; images without a non-empty caption left
+    out; per caption its ``[[start, end], ...]`` spans in the stripped caption, or None where the
+    file records none)."""
+    from ..attribute_spans import decode_spans
     from .luperson_t import LUPersonT  # (circular: luperson_t imports this module)
 
     cfg = get_unipt_cfg()
     cfg.DATASETS.LUPERSON_T.ANNOTATION = os.path.abspath(annotation)
     cfg.DATASETS.LUPERSON_T.IMAGE_DIR = os.path.abspath(image_dir)
     cfg.DATASETS.VERIFY_IMAGES = "full"
-    data = LUPersonT(root=os.path.dirname(os.path.abspath(annotation)), cfg=cfg)
+    data = LUPersonT(root=os.path.dirname(os.path.abspath(annotation)), cfg=cfg, attribute_spans=True)
     paths: list[str] = []
     captions: list[list[str]] = []
+    spans: list[list[Any]] = []
     last = -1
-    for path, caption, _, image_id in data.train:  # items are grouped by image, image ids 0, 1, ...
+    # items are grouped by image, image ids 0, 1, ...; one encoded span record per item
+    for (path, caption, _, image_id), (encoded,) in zip(data.train, data.train_attribute_spans):
+        decoded = decode_spans(encoded)
+        mine = None if decoded is None else [[s, e] for s, e in decoded]
         if image_id != last:
             paths.append(path)
             captions.append([caption])
+            spans.append([mine])
             last = image_id
         else:
             captions[-1].append(caption)
-    return paths, captions
+            spans[-1].append(mine)
+    return paths, captions, spans
 
 
-def _write_part(path: str, paths: Sequence[str], captions: Sequence[list[str]], first_id: int,
-                batch_bytes: int, decode_check: bool, on_image: Callable[[], None]) -> None:
+def _write_part(path: str, paths: Sequence[str], captions: Sequence[list[str]], spans: Sequence[list[Any]],
+                first_id: int, batch_bytes: int, decode_check: bool, on_image: Callable[[], None]) -> None:
     """Rows ``first_id``.. of the packed layout -> ``path`` (atomically)."""
 
     schema = arrow_schema()
@@ -429,7 +526,8 @@ def _write_part(path: str, paths: Sequence[str], captions: Sequence[list[str]], 
                 writer.write_batch(pa.record_batch([
                     pa.array(buf, pa.binary()), pa.array(captions[start:stop], pa.list_(pa.string())),
                     pa.array(np.arange(first_id + start, first_id + stop, dtype=np.int64)),
-                    pa.array([_USED_SPLIT] * (stop - start), pa.string())], schema=schema))
+                    pa.array([_USED_SPLIT] * (stop - start), pa.string()),
+                    pa.array(spans[start:stop], _spans_type())], schema=schema))
                 start, buf, size = stop, [], 0
 
 
@@ -448,8 +546,10 @@ def pack_luperson_t(annotation: str, image_dir: str, output: str, rows_per_part:
     """Write the packed layout of a JSON + folder LUPerson-T set (see the module docstring).
 
     Rows are the images in the order (and with the captions, stripped, de-duplicated, empty ones
-    dropped) that ``LUPersonT`` reads from the JSON; image_id = row; split = "train". So the
-    packed file gives the same items, in the same order, as the JSON layout.
+    dropped) that ``LUPersonT`` reads from the JSON; image_id = row; split = "train";
+    attribute_spans = each kept caption's recorded spans, shifted to the stripped caption (null
+    where the JSON records none). So the packed file gives the same items, in the same order, and
+    the same attribute spans, as the JSON layout.
 
     Args:
         annotation: the JSON list of {"file_path", "captions"}.
@@ -462,7 +562,8 @@ def pack_luperson_t(annotation: str, image_dir: str, output: str, rows_per_part:
 
     Raises:
         FileNotFoundError / ImageReadError / OSError naming the image that is missing, empty,
-        unreadable (or, with ``decode_check``, not decodable); DatasetFormatError for the JSON.
+        unreadable (or, with ``decode_check``, not decodable); DatasetFormatError for the JSON (its
+        attribute_spans included).
     """
 
     if rows_per_part < 1 or batch_bytes < 1:
@@ -476,7 +577,7 @@ def pack_luperson_t(annotation: str, image_dir: str, output: str, rows_per_part:
     if not os.path.isfile(annotation):
         raise FileNotFoundError(f"annotation file not found: {annotation}")
     _remove_stale_temporaries(os.path.dirname(output), f".{os.path.basename(output)}.")
-    paths, captions = _images_of(annotation, image_dir)
+    paths, captions, spans = _images_of(annotation, image_dir)
     st = os.stat(annotation)
     manifest = {"version": _PACK_VERSION, "annotation": annotation, "annotation_size": st.st_size,
                 "annotation_mtime_ns": st.st_mtime_ns, "image_dir": os.path.abspath(image_dir),
@@ -510,7 +611,7 @@ def pack_luperson_t(annotation: str, image_dir: str, output: str, rows_per_part:
             if bar is not None:
                 bar.update(hi - lo)
             continue
-        _write_part(part, paths[lo:hi], captions[lo:hi], lo, batch_bytes, decode_check, tick)
+        _write_part(part, paths[lo:hi], captions[lo:hi], spans[lo:hi], lo, batch_bytes, decode_check, tick)
     if bar is not None:
         bar.close()
 

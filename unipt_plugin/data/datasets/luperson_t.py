@@ -21,8 +21,11 @@ phrases, as the pseudo-text generator writes them (docs/pseudo_texts.md). They a
 training item in ``train_attribute_spans`` (``unipt_plugin.data.attribute_spans``), shifted to
 the stripped caption; a caption without them (an older file, an entry without the field, a
 caption merged in from a second entry of the same image) is marked "not recorded", and IAP then
-matches the vocabulary's phrases in it. The packed layout carries no spans (the vocabulary is
-matched). A malformed field is an error naming the entry, the field and the value.
+matches the vocabulary's phrases in it. The packed layout carries them in its optional
+``attribute_spans`` column (``arrow_layout``; what ``tools/pack_dataset.py`` writes from the JSON's
+field), read the same way (a null caption entry: not recorded), so both layouts give IAP the same
+spans; a file packed before the column existed loads, every caption "not recorded" (logged once).
+A malformed field is an error naming the entry (row), the field (column) and the value.
 """
 from __future__ import annotations
 
@@ -37,8 +40,9 @@ from fastreid.data.datasets import DATASET_REGISTRY
 
 from ..attribute_spans import NOT_RECORDED, encode_spans
 from ..serialize import TRAIN_ITEM, PackedItems, pack_strings
-from .arrow_layout import COLUMNS, PACKED_SUFFIX, check_packed_images, image_ref, read_packed_annotations
-from .base import SplitImages, TextImageDataset, _CaptionCounts
+from .arrow_layout import (COLUMNS, PACKED_SUFFIX, SPANS_COLUMN, check_packed_images, image_ref,
+                           read_packed_annotations, read_packed_attribute_spans)
+from .base import DatasetFormatError, SplitImages, TextImageDataset, _CaptionCounts
 
 __all__ = ["LUPersonT", "SPANS_KEY"]
 
@@ -63,7 +67,7 @@ class LUPersonT(TextImageDataset):
     Attributes:
         train_attribute_spans: ``PackedItems`` of one encoded span string per training item
             (``attribute_spans.decode_spans``; ``NOT_RECORDED`` where the file has none), or None
-            when the spans were not read.
+            when the spans were not read or a packed file has no ``attribute_spans`` column.
         num_recorded_captions: training captions with recorded spans (0 when not read).
     """
 
@@ -89,6 +93,8 @@ class LUPersonT(TextImageDataset):
         self.train_attribute_spans: PackedItems | None = None
         self.num_recorded_captions = 0
         self._entry_spans: list[str | None] = []
+        # a packed file without the attribute_spans column: no spans kept (IAP: the vocabulary)
+        self._no_spans_column = False
         super().__init__(root, cfg, **kwargs)
 
     def resolve_annotation_path(self) -> str:
@@ -120,10 +126,11 @@ class LUPersonT(TextImageDataset):
             entries = self._load_json()
             self._entry_spans = [self._spans_of(entry, index) for index, entry in enumerate(entries)]
             return self._parse(entries)
-        if self.read_attribute_spans:
-            logger.info("%s: the packed layout carries no attribute spans; IAP matches the vocabulary's phrases",
-                        self.name)
         packed = read_packed_annotations(self.annotation_path, self.name)
+        if self.read_attribute_spans:
+            spans = self._packed_spans(packed.num_rows)
+            self._no_spans_column = spans is None
+            self._entry_spans = spans or []
         images = SplitImages()
         rows = packed.rows.tolist()
         prefix = image_ref(packed.path, 0)[:-1]  # "arrow:<file>#"
@@ -156,47 +163,88 @@ class LUPersonT(TextImageDataset):
         the base class refuses are left to it."""
         if not isinstance(entry, dict) or SPANS_KEY not in entry:
             return None
-        captions, spans = entry.get("captions"), entry[SPANS_KEY]
+        captions = entry.get("captions")
         if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
             return None  # the base class's error
+        return self._kept_spans(captions, entry[SPANS_KEY], lambda f, v, e: self._bad(index, f, v, e), False)
+
+    def _packed_spans(self, num_rows: int) -> list[str | None] | None:
+        """Per row of the packed file (unused rows None), its kept captions' spans as
+        :meth:`_spans_of` gives an entry's; None (logged) when the file has no spans column."""
+        packed = read_packed_attribute_spans(self.annotation_path, self.name)
+        if packed is None:
+            logger.warning("%s: %s has no column '%s' (packed before the column existed): IAP matches the "
+                           "vocabulary's phrases in its captions; re-pack it from the JSON with tools/pack_dataset.py "
+                           "to use the recorded spans", self.name, self.annotation_path, SPANS_COLUMN)
+            return None
+        out: list[str | None] = [None] * num_rows
+        for row, captions, spans in zip(packed.rows.tolist(), packed.captions, packed.spans):
+            if spans is not None:
+                out[row] = self._kept_spans(captions, spans, self._bad_row(row), True)
+        return out
+
+    def _bad_row(self, row: int):
+        """The error maker of row ``row``'s spans in the packed layout (``_kept_spans``'s ``bad``)."""
+        def bad(field: str, value: Any, expected: str) -> DatasetFormatError:
+            shown = repr(value)
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
+            return DatasetFormatError(f"{self.name}: row {row} of {self.annotation_path} (packed layout): column "
+                                      f"{field!r} is {shown}; expected {expected} (re-pack with tools/pack_dataset.py)")
+        return bad
+
+    @staticmethod
+    def _kept_spans(captions: Sequence[str], spans: Any, bad, missing_allowed: bool) -> str | None:
+        """The spans of the kept captions (stripped, empty and repeated ones skipped), shifted to
+        the stripped caption, each encoded (``encode_spans``; NOT_RECORDED for a caption whose
+        entry is None, allowed when ``missing_allowed``: the packed layout's null) and joined by
+        "|"; None when no caption is kept. ``bad(field, value, expected)`` makes the error of a
+        malformed value."""
         if not isinstance(spans, list) or len(spans) != len(captions):
-            raise self._bad(index, SPANS_KEY, spans, f"a list of {len(captions)} span lists, one per caption "
-                            "(each [[start, end], ...] character offsets of its attribute phrases)")
+            raise bad(SPANS_KEY, spans, f"a list of {len(captions)} span lists, one per caption "
+                      "(each [[start, end], ...] character offsets of its attribute phrases)")
         kept: list[str] = []
         seen: set[str] = set()
         for c_index, (caption, caption_spans) in enumerate(zip(captions, spans)):
             field = f"{SPANS_KEY}[{c_index}]"
-            if not isinstance(caption_spans, list):
-                raise self._bad(index, field, caption_spans, "a list of [start, end] character spans")
-            for span in caption_spans:
-                if (not isinstance(span, list) or len(span) != 2 or not all(type(v) is int for v in span)
-                        or not 0 <= span[0] < span[1] <= len(caption)):
-                    raise self._bad(index, field, span, f"[start, end] integers with 0 <= start < end <= "
-                                    f"{len(caption)} (the length of captions[{c_index}])")
+            if caption_spans is None and missing_allowed:
+                pass
+            elif not isinstance(caption_spans, list):
+                raise bad(field, caption_spans, "a list of [start, end] character spans")
+            else:
+                for span in caption_spans:
+                    if (not isinstance(span, list) or len(span) != 2 or not all(type(v) is int for v in span)
+                            or not 0 <= span[0] < span[1] <= len(caption)):
+                        raise bad(field, span, f"[start, end] integers with 0 <= start < end <= "
+                                  f"{len(caption)} (the length of captions[{c_index}])")
             stripped = caption.strip()
             if not stripped or stripped in seen:
                 continue
             seen.add(stripped)
+            if caption_spans is None:
+                kept.append(NOT_RECORDED)
+                continue
             lead = len(caption) - len(caption.lstrip())
             shifted = [(max(a - lead, 0), min(b - lead, len(stripped))) for a, b in caption_spans]
             kept.append(encode_spans(sorted((a, b) for a, b in shifted if b > a)))
         return _CAPTION_SEP.join(kept) if kept else None
 
-    def _attach_attribute_spans(self, images: SplitImages, num_items: int) -> None:
+    def _attach_attribute_spans(self, counts: Sequence[int], entries: Sequence[int], num_items: int) -> None:
         """``train_attribute_spans``: per training item, in item order (images with text in order,
-        their captions in order), its entry's recorded spans or NOT_RECORDED."""
+        their ``counts`` captions in order; ``entries``: each image's entry, or row of the packed
+        file), its entry's recorded spans or NOT_RECORDED."""
         column: list[str] = []
         recorded = 0
         entry_spans = self._entry_spans
-        for captions, entry in zip(images.captions, images.entries):
-            if not captions:
+        for count, entry in zip(counts, entries):
+            count = int(count)
+            if not count:
                 continue
             joined = entry_spans[entry] if entry_spans else None
             mine = joined.split(_CAPTION_SEP) if joined is not None else []
-            mine = mine[:len(captions)]
-            recorded += len(mine)
+            mine = mine[:count]
+            recorded += sum(1 for m in mine if m != NOT_RECORDED)
             column.extend(mine)
-            column.extend([NOT_RECORDED] * (len(captions) - len(mine)))
+            column.extend([NOT_RECORDED] * (count - len(mine)))
         self._entry_spans = []
         if len(column) != num_items:  # pragma: no cover - the base class's item order
             raise AssertionError(f"{len(column)} attribute span records for {num_items} items")
@@ -209,8 +257,8 @@ class LUPersonT(TextImageDataset):
         clean = getattr(self, "_clean_captions", None)
         if not self.packed or clean is None:
             items, num, num_classes = super()._build_train(images)
-            if self.read_attribute_spans and not self.packed:
-                self._attach_attribute_spans(images, len(items))
+            if self.read_attribute_spans and not self._no_spans_column:
+                self._attach_attribute_spans([len(c) for c in images.captions], images.entries, len(items))
             return items, num, num_classes
         # the packed file's captions as they are (see PackedAnnotations.clean): the same items
         # as the general path, without a Python string per caption
@@ -224,6 +272,8 @@ class LUPersonT(TextImageDataset):
             paths = list(itertools.chain.from_iterable(map(itertools.repeat, images.paths, counts.tolist())))
         ids = np.repeat(np.arange(num, dtype=np.int64), counts[with_text])  # pid = image id = index
         items = PackedItems(TRAIN_ITEM, np.stack([ids, ids], axis=1), [pack_strings(paths), caption_field])
+        if self.read_attribute_spans and not self._no_spans_column:
+            self._attach_attribute_spans(counts, images.entries, len(items))
         return items, num, num
 
     def verify_images(self, splits: Sequence[SplitImages]) -> None:

@@ -262,11 +262,15 @@ class UniPTPretrain(nn.Module):
     def from_config(cls, cfg, visual: nn.Module | None = None, text: nn.Module | None = None,
                     tokenizer: Any = None) -> dict[str, Any]:
         """The arguments of ``__init__`` from cfg (MODEL.PRETRAIN.*, MODEL.PIXEL_MEAN/STD,
-        MODEL.COMPILE, INPUT.SIZE_TRAIN for TIC). ``visual`` / ``text``: encoders to use instead of
-        building them from cfg (fast-reid's ``build_backbone``, ``build_text_encoder``);
-        ``tokenizer``: an object with ``vocab_size`` to check the text encoder's vocabulary
+        MODEL.COMPILE, INPUT.SIZE_TRAIN for TIC; MODEL.T2I.LINEAR_PROBE True is refused). ``visual`` /
+        ``text``: encoders to use instead of building them from cfg (fast-reid's ``build_backbone``,
+        ``build_text_encoder``); ``tokenizer``: an object with ``vocab_size`` to check the text encoder's vocabulary
         against instead of ``build_tokenizer(cfg)`` (read only when MLM or IAP is on)."""
         p = cfg.MODEL.PRETRAIN
+        if cfg.MODEL.T2I.LINEAR_PROBE:
+            raise ValueError("MODEL.T2I.LINEAR_PROBE True is a fine-tuning mode (MODEL.META_ARCHITECTURE UniPTT2I: "
+                             "frozen encoders, trained projections and heads); UniPTPretrain trains its encoders. "
+                             "Remove the key, or fine-tune with a UniPTT2I config (docs/evaluation.md, Transfer modes)")
         iap = tic = None
         if float(p.IAP_WEIGHT) > 0:
             iap = IAPSettings(weight=float(p.IAP_WEIGHT), layers=int(p.IAP.LAYERS), width=int(p.IAP.WIDTH),

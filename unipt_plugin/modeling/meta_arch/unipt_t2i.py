@@ -14,6 +14,8 @@ Choices of ours: the ID classifiers see the un-normalised global embedding and u
 parts; with PGU_WEIGHT = 0 (and PGU.ENABLED) the PGU is not run in training and is frozen
 (``requires_grad`` False), as is the ID classifier with ID_WEIGHT = 0, so every trainable
 parameter gets a gradient at every step and multi-process training (DDP, ``static_graph``) runs.
+Linear probing (MODEL.T2I.LINEAR_PROBE) freezes ``visual`` and ``text`` the same way for the whole
+run and keeps them in eval mode (:meth:`UniPTT2I.train`); everything else trains.
 """
 from __future__ import annotations
 
@@ -41,6 +43,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["UniPTT2I"]
 
 _POOLS = ("max", "cls")
+# The encoders MODEL.T2I.LINEAR_PROBE freezes (top-level children of the model).
+_ENCODERS = ("visual", "text")
 _TEST_SCORES = ("global", "pgu", "sum")
 
 
@@ -55,6 +59,23 @@ def _check_plip_options(ivlc_weight: float, ivlc_temperature: float, cmpm_weight
         raise ValueError(f"MODEL.T2I.CMPM_EPS must be > 0 (it keeps log(q + eps) finite), got {cmpm_eps}")
     if cmpm_target_norm not in CMPM_TARGET_NORMS:
         raise ValueError(f"MODEL.T2I.CMPM_TARGET_NORM must be one of {CMPM_TARGET_NORMS}, got {cmpm_target_norm!r}")
+
+
+def _check_linear_probe(cfg) -> None:
+    """Refuse the settings MODEL.T2I.LINEAR_PROBE True cannot honour, naming the key."""
+    if not cfg.MODEL.T2I.LINEAR_PROBE:
+        return
+    for key in ("VISUAL", "TEXT"):
+        if getattr(cfg.MODEL, key).GRAD_CHECKPOINTING:
+            raise ValueError(f"MODEL.{key}.GRAD_CHECKPOINTING True with MODEL.T2I.LINEAR_PROBE True: the frozen "
+                             f"encoders run without gradients, so there are no activations to recompute; set "
+                             f"MODEL.{key}.GRAD_CHECKPOINTING False")
+    frozen = [str(n) for n in cfg.MODEL.FREEZE_LAYERS if str(n) in _ENCODERS]
+    if frozen and int(cfg.SOLVER.FREEZE_ITERS) > 0:
+        raise ValueError(f"MODEL.FREEZE_LAYERS {list(cfg.MODEL.FREEZE_LAYERS)} with SOLVER.FREEZE_ITERS "
+                         f"{cfg.SOLVER.FREEZE_ITERS} and MODEL.T2I.LINEAR_PROBE True: linear probing already freezes "
+                         f"{frozen} for the whole run, and fast-reid's LayerFreeze hook would put them back in train "
+                         f"mode after SOLVER.FREEZE_ITERS; remove {frozen} from MODEL.FREEZE_LAYERS")
 
 
 def _check_options(pool: str, test_score: str, pgu_enabled: bool) -> None:
@@ -91,6 +112,10 @@ class UniPTT2I(nn.Module):
             MODEL.T2I.{IVLC_WEIGHT, IVLC_TEMPERATURE, CMPM_WEIGHT, CMPC_WEIGHT, CMPM_EPS,
             CMPM_TARGET_NORM}: PLIP's losses on the global embeddings (0 = off).
         torch_compile: MODEL.COMPILE (see ``compile_encoders``).
+        linear_probe: MODEL.T2I.LINEAR_PROBE: ``visual`` and ``text`` frozen (``requires_grad``
+            False: the optimiser and DistributedDataParallel leave them out) and kept in eval mode
+            whatever ``train()`` is asked (no dropout / drop-path, BatchNorm statistics fixed);
+            the projections, classifiers, PGU and CMPC classifier train.
     Train: ``forward(batch)`` -> {"loss_id", "loss_rank", "loss_pgu_id", "loss_pgu_rank",
         "loss_ivlc", "loss_cmpm", "loss_cmpc"} (a term whose weight is 0 is left out; the last
         three are off by default). IVLC and CMPM score against the candidates of every process
@@ -122,7 +147,7 @@ class UniPTT2I(nn.Module):
                  test_score: str = "sum", gather_negatives: bool = True, classifier_std: float = 0.001,
                  torch_compile: bool = False, ivlc_weight: float = 0.0, ivlc_temperature: float = 1.0,
                  cmpm_weight: float = 0.0, cmpc_weight: float = 0.0, cmpm_eps: float = 1e-8,
-                 cmpm_target_norm: str = "l1") -> None:
+                 cmpm_target_norm: str = "l1", linear_probe: bool = False) -> None:
         super().__init__()
         _check_options(pool, test_score, pgu is not None)
         _check_plip_options(ivlc_weight, ivlc_temperature, cmpm_weight, cmpc_weight, cmpm_eps, cmpm_target_norm)
@@ -167,18 +192,29 @@ class UniPTT2I(nn.Module):
         # without it and checkpoints / DDP's static graph are those of a model without CMPC.
         self.cmpc_classifier = (NormSoftmaxClassifier(embed_dim, num_classes)
                                 if self.cmpc_weight > 0 and num_classes > 0 else None)
+        self.linear_probe = bool(linear_probe)
+        if self.linear_probe:
+            for name in _ENCODERS:
+                getattr(self, name).requires_grad_(False)
+            self.train(self.training)  # the encoders to eval mode
+            logger.info("MODEL.T2I.LINEAR_PROBE: the visual and text encoders are frozen (not in the optimiser, in "
+                        "eval mode: no dropout / drop-path, BatchNorm statistics fixed; SOLVER.VISUAL_LR / TEXT_LR "
+                        "have nothing to train); %d parameter tensors train",
+                        sum(1 for p in self.parameters() if p.requires_grad))
         compile_encoders(self, bool(torch_compile))
 
     @classmethod
     def from_config(cls, cfg, visual: nn.Module | None = None, text: nn.Module | None = None) -> dict[str, Any]:
         """The arguments of ``__init__`` from cfg (MODEL.T2I.*, MODEL.PGU.*, MODEL.HEADS.NUM_CLASSES,
-        MODEL.PIXEL_MEAN/STD, MODEL.COMPILE). ``visual`` / ``text``: encoders to use instead of
-        building them from cfg (fast-reid's ``build_backbone``, ``build_text_encoder``); the PGU
-        is built from MODEL.PGU over their widths when MODEL.PGU.ENABLED."""
+        MODEL.PIXEL_MEAN/STD, MODEL.COMPILE; with MODEL.T2I.LINEAR_PROBE also MODEL.VISUAL/TEXT.
+        GRAD_CHECKPOINTING and MODEL.FREEZE_LAYERS, checked by ``_check_linear_probe``). ``visual`` /
+        ``text``: encoders to use instead of building them from cfg (fast-reid's ``build_backbone``,
+        ``build_text_encoder``); the PGU is built from MODEL.PGU over their widths when MODEL.PGU.ENABLED."""
         t = cfg.MODEL.T2I
         _check_options(t.POOL, t.TEST_SCORE, bool(cfg.MODEL.PGU.ENABLED))  # before building the encoders
         _check_plip_options(t.IVLC_WEIGHT, t.IVLC_TEMPERATURE, t.CMPM_WEIGHT, t.CMPC_WEIGHT, t.CMPM_EPS,
                             t.CMPM_TARGET_NORM)
+        _check_linear_probe(cfg)
         visual = visual if visual is not None else build_backbone(cfg)
         text = text if text is not None else build_text_encoder(cfg)
         pgu = PGU(cfg, image_dim=visual.out_dim, text_dim=text.out_dim) if cfg.MODEL.PGU.ENABLED else None
@@ -193,11 +229,21 @@ class UniPTT2I(nn.Module):
                 "torch_compile": bool(cfg.MODEL.COMPILE),
                 "ivlc_weight": float(t.IVLC_WEIGHT), "ivlc_temperature": float(t.IVLC_TEMPERATURE),
                 "cmpm_weight": float(t.CMPM_WEIGHT), "cmpc_weight": float(t.CMPC_WEIGHT),
-                "cmpm_eps": float(t.CMPM_EPS), "cmpm_target_norm": str(t.CMPM_TARGET_NORM)}
+                "cmpm_eps": float(t.CMPM_EPS), "cmpm_target_norm": str(t.CMPM_TARGET_NORM),
+                "linear_probe": bool(t.LINEAR_PROBE)}
 
     @property
     def device(self) -> torch.device:
         return self.normalizer.pixel_mean.device
+
+    def train(self, mode: bool = True) -> "UniPTT2I":
+        """nn.Module's ``train(mode)``; under linear probing the encoders stay in eval mode (the
+        trainer, the evaluation loop and DDP all switch modes through this call)."""
+        super().train(mode)
+        if getattr(self, "linear_probe", False):
+            for name in _ENCODERS:
+                getattr(self, name).eval()
+        return self
 
     def _global(self, tokens: torch.Tensor, proj: nn.Linear, mask: torch.Tensor | None) -> torch.Tensor:
         if self.pool == "cls":
