@@ -41,3 +41,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def random_checkpoint(config: str, opts: list, path, seed: int = 0):
+    """A randomly initialised model of ``config`` + ``opts`` (torch seed ``seed``) saved at
+    ``path`` as a checkpoint; returns the cfg with MODEL.WEIGHTS set to it."""
+    from fastreid.modeling.meta_arch import build_model
+
+    from unipt_plugin.engine import setup_cfg
+    from unipt_plugin.utils.io import atomic_torch_save
+
+    torch.manual_seed(seed)
+    atomic_torch_save({"model": build_model(setup_cfg(config, opts)).state_dict()}, path)
+    return setup_cfg(config, list(opts) + ["MODEL.WEIGHTS", str(path)])

@@ -17,8 +17,7 @@ import torch
 from PIL import Image
 
 import unipt_plugin  # noqa: F401
-from unipt_plugin.engine import setup_cfg
-from unipt_plugin.utils import atomic_torch_save
+from standins import random_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "Tiny" / "t2i.yml")
@@ -34,11 +33,8 @@ def test_scene_search_example_reports_the_brute_force_rank(tmp_path, monkeypatch
     from unipt_plugin.data.transforms import build_image_transform
     from unipt_plugin.engine import UniPTCheckpointer
 
-    torch.manual_seed(0)
-    cfg = setup_cfg(CONFIG, OPTS)
     weights = tmp_path / "model_final.pth"
-    atomic_torch_save({"model": build_model(cfg).state_dict()}, weights)
-    cfg = setup_cfg(CONFIG, OPTS + ["MODEL.WEIGHTS", str(weights)])
+    cfg = random_checkpoint(CONFIG, OPTS, weights)
     config = tmp_path / "config.yaml"
     config.write_text(cfg.dump())
     report, work = tmp_path / "report", tmp_path / "work"

@@ -22,13 +22,13 @@ import torch
 from PIL import Image
 
 import unipt_plugin  # noqa: F401
-from unipt_plugin.engine import setup_cfg
 from unipt_plugin.search import GalleryIndex, SearchEncoder, index_folder, load_model
 from unipt_plugin.search.server import SearchService, create_app, running_server
 from unipt_plugin.search.pipeline import SceneOptions
 from unipt_plugin.synthetic import render_scene_images
 from unipt_plugin.synthetic.attributes import sample_identity
-from unipt_plugin.utils import atomic_open, atomic_torch_save
+from unipt_plugin.utils import atomic_open
+from standins import random_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "Tiny" / "t2i.yml")
@@ -106,17 +106,12 @@ def search_in_browser(url: str, query: str, k: int, screenshot: str | None = Non
 def people(tmp_path_factory):
     """A tiny random model and an index of the people in three synthetic street scenes:
     (cfg, weights, index dir, index files, entries, caption per MOT id, SceneSet)."""
-    from fastreid.modeling.meta_arch import build_model
-
     root = tmp_path_factory.mktemp("browser")
     rng = np.random.default_rng(3)
     scenes = render_scene_images(root / "street", [sample_identity(rng) for _ in range(6)], num_images=3,
                                  size=(360, 640), people_per_image=(2, 3), person_height=(150, 260), seed=3)
-    torch.manual_seed(0)
-    cfg = setup_cfg(CONFIG, OPTS)
     weights = root / "model.pth"
-    atomic_torch_save({"model": build_model(cfg).state_dict()}, weights)
-    cfg = setup_cfg(CONFIG, OPTS + ["MODEL.WEIGHTS", str(weights)])
+    cfg = random_checkpoint(CONFIG, OPTS, weights)
     index_dir = root / "idx"
     gt = Path(scenes.root) / "gt" / "gt.txt"
     index_folder(SearchEncoder(load_model(cfg), cfg, num_threads=1), cfg, Path(scenes.files[0]).parent, index_dir,

@@ -25,11 +25,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 import unipt_plugin  # noqa: F401
-from unipt_plugin.engine import setup_cfg
 from unipt_plugin.search import GalleryIndex, SearchEncoder, index_folder, load_model, search_texts
 from unipt_plugin.search import server as server_module
 from unipt_plugin.search.server import SearchService, create_app, is_loopback_host, running_server
 from unipt_plugin.utils import atomic_torch_save
+from standins import random_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "Tiny" / "t2i.yml")
@@ -63,14 +63,9 @@ def _write_image(path: Path, top: tuple, bottom: tuple, seed: int) -> None:
 def world(tmp_path_factory):
     """(cfg, weights, index dir, index files) of a tiny random model and an index of six images;
     a secret file lies next to the images (it must never be served)."""
-    from fastreid.modeling.meta_arch import build_model
-
     root = tmp_path_factory.mktemp("serve")
-    torch.manual_seed(0)
-    cfg = setup_cfg(CONFIG, OPTS)
     weights = root / "model.pth"
-    atomic_torch_save({"model": build_model(cfg).state_dict()}, weights)
-    cfg = setup_cfg(CONFIG, OPTS + ["MODEL.WEIGHTS", str(weights)])
+    cfg = random_checkpoint(CONFIG, OPTS, weights)
     photos = root / "photos"
     for i, name in enumerate(NAMES):
         _write_image(photos / name, *COLOURS[i], seed=i)
