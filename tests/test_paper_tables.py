@@ -1,5 +1,6 @@
 """The paper-tables report: rows per table, mean ± population std over seeds (hand-computed),
 the paper's figures beside them, a chart per table, and runs left out when missing."""
+import json
 import os
 
 from unipt_plugin.synthetic.paper_tables import PAPER_TABLES, ZERO_SHOT_RUN, write_paper_tables
@@ -28,6 +29,11 @@ def test_tables_hold_hand_computed_means_and_spreads(tmp_path):
     assert os.path.exists(tmp_path / "table2.png") and os.path.exists(tmp_path / "table5.png")
     assert os.path.exists(tmp_path / "table6.png")  # its "demo PGU settings" row is unipt
     assert (tmp_path / "paper_tables.md").read_text(encoding="utf-8") == md
+    # the per-seed figures behind the cells, as given (JSON keys are strings)
+    raw = json.loads((tmp_path / "paper_tables.json").read_text(encoding="utf-8"))
+    assert raw["machine"] == "a test machine"
+    assert raw["results"]["unipt"] == {"0": _m(40.0), "1": _m(50.0)}
+    assert set(raw["results"]) == set(results)
 
 
 def test_rows_with_fewer_seeds_say_which(tmp_path):
