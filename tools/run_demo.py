@@ -66,8 +66,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ablate-pgu", action="store_true", help="also fine-tune with gamma = 0 (no PGU) from UniPT")
     p.add_argument("--paper-tables", action="store_true",
                    help="the paper's tables in miniature: both ablations, fine-tuning from a generic pre-trained text "
-                        "encoder (MiniLM), from scratch and from MiniLM with a 3x schedule, with the authors' PGU settings, and the "
-                        "zero-shot evaluation of the pre-trained model; writes <report-dir>/paper_tables.md")
+                        "encoder (MiniLM), from scratch and from MiniLM with a 3x schedule, with the authors' PGU "
+                        "settings, and the zero-shot evaluation of the pre-trained model; writes "
+                        "<report-dir>/paper_tables.md and paper_tables.json")
     p.add_argument("--plip", dest="plip", action="store_true", default=None,
                    help="also pre-train with PLIP's tasks (IVLC + TIC + IAP) and with UniPT's losses + TIC + IAP, "
                         "each fine-tuned and evaluated zero-shot; the report shows PLIP's text-guided "
